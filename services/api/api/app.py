@@ -1,0 +1,135 @@
+"""Composition root of the API: `create_app(settings)` is used by `__main__` and by the tests.
+
+Resources are `cleanup_ctx` generators stored under typed keys; each registers its health ping
+when it is created. The outbox relay runs in every replica (it is safe to: SKIP LOCKED).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+
+import bcrypt
+import structlog
+from aiohttp import web
+
+from shared import broker, db
+from shared.cache import create_cache
+from shared.config import Settings
+from shared.health import Health
+from shared.outbox import Relay
+
+from api import openapi
+from api.auth import auth_middleware
+from api.domain import api_keys, rate_limit
+from api.domain.accounts import make_offload
+from api.keys import (
+    ACCESS,
+    CACHE,
+    CPU_POOL,
+    DUMMY_HASH,
+    HEALTH,
+    OFFLOAD,
+    OPENAPI,
+    POOL,
+    PUBLISHER,
+    RELAY,
+    SETTINGS,
+)
+from api.middleware import core_middleware, cors_middleware
+from api.routes import BASE, register
+
+log = structlog.get_logger(__name__)
+
+
+async def cpu_pool_ctx(app: web.Application) -> AsyncIterator[None]:
+    executor = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="cpu")
+    app[CPU_POOL] = executor
+    app[OFFLOAD] = make_offload(executor)
+    rounds = app[SETTINGS].BCRYPT_ROUNDS
+    # Compared against when the account does not exist, so timing does not reveal that.
+    app[DUMMY_HASH] = await app[OFFLOAD](bcrypt.hashpw, b"dummy password", bcrypt.gensalt(rounds))
+    yield
+    executor.shutdown(wait=False, cancel_futures=True)
+
+
+async def pool_ctx(app: web.Application) -> AsyncIterator[None]:
+    async with db.create_pool(app[SETTINGS]) as pool:
+        app[POOL] = pool
+        app[HEALTH].register("database", lambda: db.ping(pool))
+        yield
+
+
+async def cache_ctx(app: web.Application) -> AsyncIterator[None]:
+    async with create_cache(app[SETTINGS]) as cache:
+        app[CACHE] = cache
+        app[HEALTH].register("redis", cache.ping)
+        yield
+
+
+async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    async with broker.connect(settings, "api") as connection:
+        publisher = broker.Publisher(connection, broker.Topology(settings.BROKER_PREFIX))
+        app[PUBLISHER] = publisher
+        app[HEALTH].register("broker", publisher.ping)
+        yield
+
+
+async def _run_forever(coro_factory, name: str) -> AsyncIterator[None]:  # type: ignore[no-untyped-def]
+    task = asyncio.create_task(coro_factory(), name=name)
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def relay_ctx(app: web.Application) -> AsyncIterator[None]:
+    relay = Relay(app[POOL], app[PUBLISHER], poll_seconds=app[SETTINGS].OUTBOX_POLL_SECONDS)
+    app[RELAY] = relay
+    async for _ in _run_forever(relay.run, "outbox-relay"):
+        yield
+
+
+async def flush_last_used(app: web.Application) -> None:
+    """Copy the `lastUsedAt` stamps that key requests leave in Redis into the database."""
+    cache = app[CACHE]
+    stamps = await cache.client.hgetall(rate_limit.last_used_key(cache))
+    values = {
+        uuid.UUID(k.decode()): datetime.fromtimestamp(float(v), UTC) for k, v in stamps.items()
+    }
+    async with app[POOL].acquire() as conn:
+        await api_keys.flush_last_used(conn, values)
+
+
+async def last_used_ctx(app: web.Application) -> AsyncIterator[None]:
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(app[SETTINGS].API_KEY_LAST_USED_FLUSH_SECONDS)
+            try:
+                await flush_last_used(app)
+            except Exception as exc:  # a missed flush is retried next time; Redis keeps the stamps
+                log.warning("lastUsedAt flush failed", error=repr(exc))
+
+    async for _ in _run_forever(loop, "last-used-flush"):
+        yield
+
+
+def create_app(settings: Settings) -> web.Application:
+    """The API application, wired to the resources named in `settings`."""
+    app = web.Application(
+        middlewares=[cors_middleware, core_middleware, auth_middleware],
+        client_max_size=settings.MAX_BODY_BYTES,
+    )
+    app[SETTINGS] = settings
+    app[HEALTH] = Health(component="api", memory_limit_mb=settings.HEALTH_MEMORY_LIMIT_MB)
+    app[ACCESS] = {}
+    routes = register(app)
+    app[OPENAPI] = openapi.build(routes, BASE)
+    app.cleanup_ctx.extend([cpu_pool_ctx, pool_ctx, cache_ctx, broker_ctx, relay_ctx, last_used_ctx])
+    return app

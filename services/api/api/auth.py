@@ -1,0 +1,105 @@
+"""Authentication and authorisation: every route declares its `Access`, one middleware enforces it.
+
+A bearer credential starting with `tfa_` is an API key, anything else a user JWT, so the two are
+told apart without a lookup. A route without a declared policy is refused (fail closed). API-key
+requests are counted against the key's rolling hourly limit on the way in, and the limit headers
+are set on every key-authenticated response, errors included.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from aiohttp import web
+from aiohttp.web_urldispatcher import MatchInfoError
+
+from shared.errors import Forbidden, InsufficientScope, RateLimited, Unauthorized
+
+from api.domain import api_keys, rate_limit, sessions, tokens
+from api.keys import ACCESS, CACHE, POOL, PRINCIPAL, RATE_HEADERS, SETTINGS
+from api.principal import ALL_SCOPES, Principal
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """Who may call a route: the credential kinds accepted and the scope an API key needs."""
+
+    kinds: frozenset[str]
+    scope: str | None = None
+
+    @property
+    def public(self) -> bool:
+        return not self.kinds
+
+
+PUBLIC = Access(frozenset())
+USER_ONLY = Access(frozenset({"user"}))
+
+
+def either(scope: str) -> Access:
+    """A user token (acting on itself) or an API key holding `scope`."""
+    return Access(frozenset({"user", "apiKey"}), scope)
+
+
+def credential(request: web.Request) -> str | None:
+    key = request.headers.get("X-API-Key")
+    if key:
+        return key.strip()
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None
+
+
+async def authenticate(request: web.Request, access: Access) -> Principal:
+    """Resolve the caller for a protected route, or raise 401/403/429."""
+    presented = credential(request)
+    if presented is None:
+        raise Unauthorized("Send a user token or an API key", code="UNAUTHORIZED")
+    if api_keys.looks_like_key(presented):
+        if "apiKey" not in access.kinds:
+            raise Forbidden("This endpoint needs a user token, not an API key", code="USER_TOKEN_REQUIRED")
+        principal = await _api_key_principal(request, presented)
+    else:
+        principal = await _user_principal(request, presented)
+    if access.scope and not principal.has_scope(access.scope):
+        raise InsufficientScope(access.scope)
+    return principal
+
+
+async def _api_key_principal(request: web.Request, key: str) -> Principal:
+    async with request.app[POOL].acquire() as conn:
+        identity = await api_keys.authenticate(conn, key)
+    result = await rate_limit.hit(request.app[CACHE], identity.id, identity.rate_limit)
+    request[RATE_HEADERS] = result.headers()
+    if not result.allowed:
+        raise RateLimited(
+            result.retry_after,
+            f"This API key is over its limit of {identity.rate_limit} requests per hour",
+        )
+    return Principal(
+        kind="apiKey", owner_id=identity.owner_id, scopes=identity.scopes, api_key_id=identity.id
+    )
+
+
+async def _user_principal(request: web.Request, token: str) -> Principal:
+    claims = tokens.decode(token, "access", request.app[SETTINGS].JWT_ACCESS_SECRET)
+    account_id = tokens.subject_uuid(claims)
+    session_id = uuid.UUID(claims["sid"]) if "sid" in claims else None
+    if session_id and await sessions.is_revoked(request.app[CACHE], session_id):
+        raise Unauthorized("This session has ended; log in again", code="TOKEN_REVOKED")
+    return Principal(kind="user", owner_id=account_id, scopes=ALL_SCOPES, session_id=session_id)
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
+    if isinstance(request.match_info, MatchInfoError):
+        return await handler(request)  # 404/405: nothing to protect
+    access = request.app[ACCESS].get(request.match_info.route)
+    if access is None:
+        raise Forbidden("This route has no access policy", code="FORBIDDEN")
+    if not access.public:
+        request[PRINCIPAL] = await authenticate(request, access)
+    return await handler(request)

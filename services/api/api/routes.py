@@ -1,0 +1,83 @@
+"""The whole URL map on one screen. Each route declares its access policy and its models; the
+auth middleware enforces the former and the OpenAPI document is generated from both."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from shared.health import health_routes
+
+from api import schemas as s
+from api.auth import PUBLIC, USER_ONLY, Access, either
+from api.keys import ACCESS, HEALTH
+from api.views import accounts, api_keys, docs
+
+BASE = "/api"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    access: Access
+    summary: str
+    tag: str
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None
+    status: int = 200
+    is_list: bool = False
+
+
+def api_routes() -> list[Route]:
+    return [
+        Route("POST", "/auth/register", accounts.register, PUBLIC, "Create an account", "auth",
+              body=s.RegisterBody, response=s.RegisterResult, status=201),
+        Route("POST", "/auth/login", accounts.login, PUBLIC, "Log in with a password", "auth",
+              body=s.LoginBody, response=s.LoginResult),
+        Route("POST", "/auth/refresh", accounts.refresh, PUBLIC, "Rotate a refresh token", "auth",
+              body=s.RefreshBody, response=s.Tokens),
+        Route("POST", "/auth/logout", accounts.logout, USER_ONLY, "End the session", "auth",
+              body=s.LogoutBody),
+        Route("GET", "/auth/me", accounts.me, either("user:read"), "The calling account", "auth",
+              response=s.Me),
+        Route("POST", "/api-keys", api_keys.create, USER_ONLY, "Create an API key", "api-keys",
+              body=s.CreateApiKeyBody, response=s.NewApiKey, status=201),
+        Route("GET", "/api-keys", api_keys.list_keys, USER_ONLY, "List API keys", "api-keys",
+              query=s.ListQuery, response=s.ApiKey, is_list=True),
+        Route("GET", "/api-keys/{id}", api_keys.get, USER_ONLY, "One API key", "api-keys",
+              response=s.ApiKey),
+        Route("POST", "/api-keys/{id}/rotate", api_keys.rotate, USER_ONLY,
+              "Replace the key's secret; the old one works for a grace period", "api-keys",
+              body=s.RotateApiKeyBody, response=s.NewApiKey),
+        Route("DELETE", "/api-keys/{id}", api_keys.revoke, USER_ONLY, "Revoke an API key",
+              "api-keys", response=s.ApiKey),
+        Route("GET", "/api-keys/{id}/usage", api_keys.usage, USER_ONLY,
+              "Requests and rejections per hour, last 24 hours", "api-keys", response=s.Usage),
+        Route("GET", "/openapi.json", docs.openapi, PUBLIC, "This document", "meta"),
+    ]
+
+
+def health_api_routes(app: web.Application) -> list[Route]:
+    summaries = {"": "Full health report", "/live": "Liveness probe", "/ready": "Readiness probe"}
+    return [
+        Route("GET", f"/health{suffix}", handler, PUBLIC, summaries[suffix], "health",
+              response=s.HealthReport)
+        for suffix, handler in health_routes(app[HEALTH])
+    ]
+
+
+def register(app: web.Application) -> list[Route]:
+    """Add every route to the router and record its access policy."""
+    routes = api_routes() + health_api_routes(app)
+    access = app[ACCESS]
+    for route in routes:
+        registered = app.router.add_route(route.method, BASE + route.path, route.handler)
+        access[registered] = route.access
+    return routes

@@ -1,0 +1,162 @@
+"""Request (and documented response) models. Unknown fields are rejected everywhere."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    StringConstraints,
+)
+
+from api.principal import ALL_SCOPES
+
+
+def _bcrypt_length(value: str) -> str:
+    # bcrypt only reads the first 72 bytes: a longer password would be silently truncated.
+    if not 8 <= len(value.encode()) <= 72:
+        raise ValueError("must be 8 to 72 bytes long (bcrypt's limit)")
+    return value
+
+
+def _known_scopes(value: list[str]) -> list[str]:
+    unknown = sorted(set(value) - ALL_SCOPES)
+    if unknown:
+        raise ValueError(f"unknown scope(s): {', '.join(unknown)}; known: {', '.join(sorted(ALL_SCOPES))}")
+    return value
+
+
+Password = Annotated[str, Field(max_length=1024), AfterValidator(_bcrypt_length)]
+Username = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.\-]{3,32}$")]
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+Scopes = Annotated[list[str], Field(min_length=1, max_length=len(ALL_SCOPES)), AfterValidator(_known_scopes)]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_max_length=4096)
+
+
+class RegisterBody(Body):
+    email: Annotated[EmailStr, Field(max_length=254)]
+    username: Username
+    password: Password
+
+
+class LoginBody(Body):
+    emailOrUsername: Annotated[str, StringConstraints(min_length=1, max_length=254)]
+    password: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+    deviceToken: Annotated[str, Field(max_length=2048)] | None = None
+
+
+class RefreshBody(Body):
+    refreshToken: Annotated[str, StringConstraints(min_length=1, max_length=2048)]
+
+
+class LogoutBody(Body):
+    refreshToken: Annotated[str, StringConstraints(min_length=1, max_length=2048)] | None = None
+
+
+class CreateApiKeyBody(Body):
+    name: Name
+    scopes: Scopes
+    rateLimit: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    expiresAt: AwareDatetime | None = None
+
+
+class RotateApiKeyBody(Body):
+    gracePeriodSeconds: Annotated[int, Field(ge=0, le=7 * 24 * 3600)] = 3600
+
+
+class ListQuery(Body):
+    limit: Annotated[int, Field(ge=1, le=200)] = 50
+    cursor: Annotated[str, Field(max_length=512)] | None = None
+
+
+# Documented responses (the OpenAPI file describes them; handlers build plain dicts).
+
+
+class Resp(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class User(Resp):
+    id: str
+    email: str
+    username: str
+    createdAt: datetime
+
+
+class TwoFactorSummary(Resp):
+    enabled: bool
+    methods: list[str]
+
+
+class Me(User):
+    twoFactor: TwoFactorSummary
+
+
+class RegisterResult(Resp):
+    user: User
+
+
+class Tokens(Resp):
+    accessToken: str
+    refreshToken: str
+    expiresIn: int
+    tokenType: Literal["Bearer"] = "Bearer"
+
+
+class LoginResult(Resp):
+    accessToken: str | None = None
+    refreshToken: str | None = None
+    expiresIn: int | None = None
+    user: User | None = None
+    requiresTwoFactor: bool | None = None
+    tempToken: str | None = None
+    methods: list[str] | None = None
+
+
+class ApiKey(Resp):
+    id: str
+    name: str
+    prefix: str
+    scopes: list[str]
+    rateLimit: int
+    expiresAt: datetime | None
+    revokedAt: datetime | None
+    lastUsedAt: datetime | None
+    createdAt: datetime
+    rotatedAt: datetime | None
+    active: bool
+
+
+class NewApiKey(ApiKey):
+    apiKey: str
+
+
+class UsageHour(Resp):
+    hour: datetime
+    requests: int
+    rejected: int
+
+
+class Usage(Resp):
+    total: int
+    rejected: int
+    hours: list[UsageHour]
+
+
+class Check(Resp):
+    status: Literal["up", "down", "degraded"]
+
+
+class HealthReport(Resp):
+    status: str
+    timestamp: str
+    checks: dict[str, Any] | None = None

@@ -1,0 +1,26 @@
+"""Composition root of the webhook-dispatcher consumer: `build(settings)` is used by `__main__` and tests."""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+
+from shared import broker
+from shared.config import Settings
+from shared.consumer import Consumer, Handler
+from shared.health import Health
+
+from webhook_dispatcher.handlers import handle
+
+
+def build(settings: Settings, *, health_port: int | None = None) -> Consumer:
+    """The webhook-dispatcher consumer with its queue, handler and health port."""
+
+    async def setup(stack: AsyncExitStack, health: Health) -> Handler:
+        return handle
+
+    return Consumer(
+        settings,
+        broker.WEBHOOK_DISPATCHER,
+        setup,
+        health_port=settings.WEBHOOK_DISPATCHER_HEALTH_PORT if health_port is None else health_port,
+    )

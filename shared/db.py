@@ -1,0 +1,132 @@
+"""PostgreSQL access: the pool, database creation, and versioned migrations.
+
+Migrations are the numbered `.sql` files in `deploy/migrations`, applied in order, each in its
+own transaction and recorded in `schema_migrations`. A session-level advisory lock makes it safe
+for several replicas to start at once: one applies, the others wait and then find nothing to do.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import structlog
+
+from shared.config import Settings
+
+log = structlog.get_logger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "deploy" / "migrations"
+# Arbitrary constant shared by every replica: "tfa-migrate" as an int64.
+MIGRATION_LOCK_KEY = 0x7466612D6D6967
+
+CREATE_MIGRATIONS_TABLE_SQL = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version text PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+APPLIED_SQL = "SELECT version FROM schema_migrations"
+RECORD_SQL = "INSERT INTO schema_migrations (version) VALUES ($1)"
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+@asynccontextmanager
+async def create_pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    """The process's connection pool; closed when the context ends."""
+    pool = await asyncpg.create_pool(
+        settings.DATABASE_URL,
+        min_size=min(settings.DB_POOL_MIN, settings.DB_POOL_MAX),
+        max_size=settings.DB_POOL_MAX,
+        init=_init_connection,
+        command_timeout=10,
+    )
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+async def ping(pool: asyncpg.Pool) -> None:
+    async with pool.acquire(timeout=2) as conn:
+        await conn.fetchval("SELECT 1")
+
+
+def _server_url(database_url: str, database: str) -> str:
+    parts = urlsplit(database_url)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+def database_name(database_url: str) -> str:
+    return urlsplit(database_url).path.lstrip("/")
+
+
+async def ensure_database(database_url: str) -> bool:
+    """Create the database named in the URL if it does not exist; True when it was created."""
+    name = database_name(database_url)
+    conn = await asyncpg.connect(_server_url(database_url, "postgres"), timeout=5)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if exists:
+            return False
+        try:
+            # Identifiers cannot be parameters; quote_ident makes the name safe.
+            quoted = await conn.fetchval("SELECT quote_ident($1)", name)
+            await conn.execute(f"CREATE DATABASE {quoted}")
+        except asyncpg.DuplicateDatabaseError:
+            return False  # another replica won the race
+        return True
+    finally:
+        await conn.close()
+
+
+async def drop_database(database_url: str) -> None:
+    name = database_name(database_url)
+    conn = await asyncpg.connect(_server_url(database_url, "postgres"), timeout=5)
+    try:
+        quoted = await conn.fetchval("SELECT quote_ident($1)", name)
+        await conn.execute(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)")
+    finally:
+        await conn.close()
+
+
+def migration_files(directory: Path = MIGRATIONS_DIR) -> list[Path]:
+    return sorted(directory.glob("[0-9][0-9][0-9][0-9]_*.sql"))
+
+
+async def migrate(database_url: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
+    """Apply pending migrations in order under an advisory lock; returns the versions applied."""
+    conn = await asyncpg.connect(database_url, timeout=10)
+    applied_now: list[str] = []
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+        try:
+            await conn.execute(CREATE_MIGRATIONS_TABLE_SQL)
+            done = {row["version"] for row in await conn.fetch(APPLIED_SQL)}
+            for path in migration_files(directory):
+                version = path.stem
+                if version in done:
+                    continue
+                started = time.perf_counter()
+                async with conn.transaction():
+                    await conn.execute(path.read_text())
+                    await conn.execute(RECORD_SQL, version)
+                applied_now.append(version)
+                log.info(
+                    "migration applied",
+                    version=version,
+                    ms=round((time.perf_counter() - started) * 1000, 1),
+                )
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+    finally:
+        await conn.close()
+    return applied_now

@@ -1,0 +1,133 @@
+"""Domain events: the one definition shared by the API (producer) and every consumer.
+
+An event is immutable once written to the outbox. `version` is bumped when a type's `data`
+changes incompatibly; consumers accept the versions they know. The wire form is compact UTF-8
+JSON (`to_bytes`); routing key = `type`. Delivery is at-least-once: consumers dedupe by `id`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+EVENT_VERSION = 1
+
+
+class EventType(StrEnum):
+    """Every event the service emits; the first six are the integration guide's."""
+
+    TWOFA_ENABLED = "2fa.enabled"
+    TWOFA_DISABLED = "2fa.disabled"
+    TWOFA_VERIFIED = "2fa.verified"
+    TWOFA_FAILED = "2fa.failed"
+    USER_LOGIN = "user.login"
+    USER_LOGOUT = "user.logout"
+    WEBHOOK_TEST = "webhook.test"
+    USER_REGISTERED = "user.registered"
+    API_KEY_CREATED = "apikey.created"
+    API_KEY_ROTATED = "apikey.rotated"
+    API_KEY_REVOKED = "apikey.revoked"
+    ACCESS_DENIED = "security.access_denied"
+
+
+# Types an integrator can subscribe a webhook to (contract: "Event types").
+WEBHOOK_EVENT_TYPES = frozenset(
+    {
+        EventType.TWOFA_ENABLED,
+        EventType.TWOFA_DISABLED,
+        EventType.TWOFA_VERIFIED,
+        EventType.TWOFA_FAILED,
+        EventType.USER_LOGIN,
+        EventType.USER_LOGOUT,
+        EventType.WEBHOOK_TEST,
+    }
+)
+
+
+class _Data(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class UserData(_Data):
+    userId: str
+
+
+class LoginData(_Data):
+    userId: str
+    method: Literal["password", "2fa", "device"] = "password"
+
+
+class RegisteredData(_Data):
+    userId: str
+    username: str
+
+
+class ApiKeyData(_Data):
+    apiKeyId: str
+    name: str
+    prefix: str
+    scopes: list[str] = Field(default_factory=list)
+
+
+class AccessDeniedData(_Data):
+    resource: str
+    reason: str
+
+
+DATA_MODELS: dict[EventType, type[_Data]] = {
+    EventType.USER_LOGIN: LoginData,
+    EventType.USER_LOGOUT: UserData,
+    EventType.USER_REGISTERED: RegisteredData,
+    EventType.API_KEY_CREATED: ApiKeyData,
+    EventType.API_KEY_ROTATED: ApiKeyData,
+    EventType.API_KEY_REVOKED: ApiKeyData,
+    EventType.ACCESS_DENIED: AccessDeniedData,
+}
+
+
+class Actor(BaseModel):
+    """Who caused the event: an account acting itself, or an API key acting for its owner."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: Literal["user", "apiKey", "system"]
+    id: str
+
+
+class Event(BaseModel):
+    """The event envelope of the contract; `data` is validated against the type's model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    type: EventType
+    version: int = EVENT_VERSION
+    occurredAt: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    ownerId: uuid.UUID
+    userId: str | None = None
+    actor: Actor
+    ip: str | None = None
+    userAgent: str | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def build(cls, type: EventType, data: _Data | dict[str, Any], **envelope: Any) -> Event:
+        """Create an event whose `data` has been checked against its type's model."""
+        model = DATA_MODELS.get(type)
+        if isinstance(data, _Data):
+            payload = data.model_dump(exclude_none=True)
+        elif model is not None:
+            payload = model.model_validate(data).model_dump(exclude_none=True)
+        else:
+            payload = dict(data)
+        return cls(type=type, data=payload, **envelope)
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def from_bytes(cls, body: bytes) -> Event:
+        return cls.model_validate_json(body)

@@ -1,0 +1,123 @@
+"""Transactional outbox: events are written with the state change and relayed to the broker.
+
+`add(conn, event)` must run inside the caller's transaction, so an event exists exactly when its
+state change was committed. The `Relay` takes unsent rows with `FOR UPDATE SKIP LOCKED` (safe in
+every API replica at once), publishes each with a publisher confirm, then sets `sent_at` in the
+same transaction. If the broker is down the transaction rolls back and the rows wait; if the
+process dies after a confirm but before the commit, the rows are published again: delivery is
+at-least-once and consumers dedupe by event id. It wakes on NOTIFY and polls as a fallback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import asyncpg
+import structlog
+
+from shared.broker import Publisher
+from shared.events import Event
+
+log = structlog.get_logger(__name__)
+
+INSERT_SQL = "INSERT INTO outbox (id, type, body) VALUES ($1, $2, $3)"
+CLAIM_SQL = """
+SELECT seq, id, type, body FROM outbox
+WHERE sent_at IS NULL
+ORDER BY seq
+LIMIT $1
+FOR UPDATE SKIP LOCKED
+"""
+MARK_SENT_SQL = "UPDATE outbox SET sent_at = now() WHERE seq = ANY($1::bigint[])"
+PURGE_SQL = "DELETE FROM outbox WHERE sent_at < now() - make_interval(secs => $1)"
+
+
+async def add(conn: asyncpg.Connection, event: Event) -> None:
+    """Record an event in the caller's transaction."""
+    await conn.execute(INSERT_SQL, event.id, event.type.value, event.to_bytes())
+
+
+async def add_many(conn: asyncpg.Connection, events: list[Event]) -> None:
+    await conn.executemany(INSERT_SQL, [(e.id, e.type.value, e.to_bytes()) for e in events])
+
+
+class Relay:
+    """Publishes committed outbox rows to the broker, in order of commit, at least once."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        publisher: Publisher,
+        *,
+        poll_seconds: float = 1.0,
+        batch_size: int = 200,
+        keep_sent_seconds: int = 24 * 3600,
+    ) -> None:
+        self._pool = pool
+        self._publisher = publisher
+        self._poll = poll_seconds
+        self._batch = batch_size
+        self._keep_sent = keep_sent_seconds
+        self._wake = asyncio.Event()
+        self.published = 0
+
+    def wake(self, *_: object) -> None:
+        self._wake.set()
+
+    async def relay_once(self) -> int:
+        """Publish one batch; returns how many rows were sent (0 when none were waiting)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(CLAIM_SQL, self._batch)
+            if not rows:
+                return 0
+            await asyncio.gather(
+                *(self._publisher.publish(str(r["id"]), r["type"], r["body"]) for r in rows)
+            )
+            await conn.execute(MARK_SENT_SQL, [r["seq"] for r in rows])
+        self.published += len(rows)
+        return len(rows)
+
+    async def purge_sent(self) -> None:
+        async with self._pool.acquire() as conn:
+            await conn.execute(PURGE_SQL, float(self._keep_sent))
+
+    async def run(self) -> None:
+        """Relay until cancelled; broker or database failures back off and retry."""
+        listener = await self._listen()
+        backoff = self._poll
+        cycles = 0
+        try:
+            while True:
+                self._wake.clear()
+                try:
+                    while await self.relay_once() == self._batch:
+                        pass
+                    backoff = self._poll
+                    cycles += 1
+                    if cycles % 3600 == 0:
+                        await self.purge_sent()
+                except (asyncio.CancelledError, KeyboardInterrupt):
+                    raise
+                except Exception as exc:  # broker or database down: keep the rows, retry later
+                    log.warning("outbox relay failed; will retry", error=repr(exc))
+                    backoff = min(backoff * 2, 10.0)
+                    if listener is None or listener.is_closed():
+                        listener = await self._listen()
+                    await asyncio.sleep(backoff)
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self._poll)
+        finally:
+            if listener is not None and not listener.is_closed():
+                with contextlib.suppress(Exception):
+                    await self._pool.release(listener)
+
+    async def _listen(self) -> asyncpg.Connection | None:
+        try:
+            conn = await self._pool.acquire()
+            await conn.add_listener("outbox", self.wake)
+            return conn
+        except Exception as exc:
+            log.warning("outbox LISTEN unavailable; polling only", error=repr(exc))
+            return None
