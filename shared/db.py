@@ -60,7 +60,7 @@ async def ping(pool: asyncpg.Pool) -> None:
         await conn.fetchval("SELECT 1")
 
 
-def _server_url(database_url: str, database: str) -> str:
+def server_url(database_url: str, database: str) -> str:
     parts = urlsplit(database_url)
     return urlunsplit(parts._replace(path=f"/{database}"))
 
@@ -72,7 +72,7 @@ def database_name(database_url: str) -> str:
 async def ensure_database(database_url: str) -> bool:
     """Create the database named in the URL if it does not exist; True when it was created."""
     name = database_name(database_url)
-    conn = await asyncpg.connect(_server_url(database_url, "postgres"), timeout=5)
+    conn = await asyncpg.connect(server_url(database_url, "postgres"), timeout=5)
     try:
         exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
         if exists:
@@ -90,7 +90,7 @@ async def ensure_database(database_url: str) -> bool:
 
 async def drop_database(database_url: str) -> None:
     name = database_name(database_url)
-    conn = await asyncpg.connect(_server_url(database_url, "postgres"), timeout=5)
+    conn = await asyncpg.connect(server_url(database_url, "postgres"), timeout=5)
     try:
         quoted = await conn.fetchval("SELECT quote_ident($1)", name)
         await conn.execute(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)")

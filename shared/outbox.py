@@ -103,6 +103,8 @@ class Relay:
                     log.warning("outbox relay failed; will retry", error=repr(exc))
                     backoff = min(backoff * 2, 10.0)
                     if listener is None or listener.is_closed():
+                        if listener is not None:
+                            await self._pool.release(listener)
                         listener = await self._listen()
                     await asyncio.sleep(backoff)
                     continue
@@ -111,7 +113,8 @@ class Relay:
         finally:
             if listener is not None and not listener.is_closed():
                 with contextlib.suppress(Exception):
-                    await self._pool.release(listener)
+                    await listener.remove_listener("outbox", self.wake)
+                await self._pool.release(listener)
 
     async def _listen(self) -> asyncpg.Connection | None:
         try:
