@@ -62,7 +62,10 @@ class Topology:
 async def connect(settings: Settings, name: str) -> AsyncIterator[AbstractRobustConnection]:
     """A robust connection: it reconnects by itself after a broker restart."""
     connection = await aio_pika.connect_robust(
-        settings.RABBITMQ_URL, timeout=5, client_properties={"connection_name": name}
+        settings.RABBITMQ_URL,
+        timeout=5,
+        reconnect_interval=1,
+        client_properties={"connection_name": name},
     )
     try:
         yield connection

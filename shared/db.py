@@ -81,8 +81,8 @@ async def ensure_database(database_url: str) -> bool:
             # Identifiers cannot be parameters; quote_ident makes the name safe.
             quoted = await conn.fetchval("SELECT quote_ident($1)", name)
             await conn.execute(f"CREATE DATABASE {quoted}")
-        except asyncpg.DuplicateDatabaseError:
-            return False  # another replica won the race
+        except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
+            return False  # another replica created it between our check and our CREATE
         return True
     finally:
         await conn.close()
