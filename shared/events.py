@@ -59,6 +59,7 @@ class UserData(_Data):
 class LoginData(_Data):
     userId: str
     method: Literal["password", "2fa", "device"] = "password"
+    twoFactorMethod: str | None = None
 
 
 class RegisteredData(_Data):
@@ -73,12 +74,31 @@ class ApiKeyData(_Data):
     scopes: list[str] = Field(default_factory=list)
 
 
+TwoFactorMethod = Literal["totp", "backup_code", "sms", "email"]
+
+
+class TwoFactorData(_Data):
+    userId: str
+    method: TwoFactorMethod
+
+
+class TwoFactorFailedData(_Data):
+    userId: str
+    method: TwoFactorMethod | None
+    reason: Literal["invalid_code", "replayed", "clock_skew", "expired", "locked"]
+    attemptsRemaining: int | None = None
+
+
 class AccessDeniedData(_Data):
     resource: str
     reason: str
 
 
 DATA_MODELS: dict[EventType, type[_Data]] = {
+    EventType.TWOFA_ENABLED: TwoFactorData,
+    EventType.TWOFA_DISABLED: TwoFactorData,
+    EventType.TWOFA_VERIFIED: TwoFactorData,
+    EventType.TWOFA_FAILED: TwoFactorFailedData,
     EventType.USER_LOGIN: LoginData,
     EventType.USER_LOGOUT: UserData,
     EventType.USER_REGISTERED: RegisteredData,

@@ -21,12 +21,13 @@ from aiohttp import web
 from shared import broker, db
 from shared.cache import create_cache
 from shared.config import Settings
+from shared.crypto import SecretBox
 from shared.health import Health
 from shared.outbox import Relay
 
 from api import openapi
 from api.auth import auth_middleware
-from api.domain import api_keys, rate_limit
+from api.domain import api_keys, rate_limit, twofa
 from api.domain.accounts import make_offload
 from api.keys import (
     ACCESS,
@@ -40,6 +41,7 @@ from api.keys import (
     PUBLISHER,
     RELAY,
     SETTINGS,
+    TWOFA,
 )
 from api.middleware import core_middleware, cors_middleware
 from api.routes import BASE, register
@@ -70,6 +72,12 @@ async def cache_ctx(app: web.Application) -> AsyncIterator[None]:
         app[CACHE] = cache
         app[HEALTH].register("redis", cache.ping)
         yield
+
+
+async def twofa_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    app[TWOFA] = twofa.Deps(settings, app[CACHE], SecretBox(settings.ENCRYPTION_KEY), app[OFFLOAD])
+    yield
 
 
 async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -131,5 +139,7 @@ def create_app(settings: Settings) -> web.Application:
     app[ACCESS] = {}
     routes = register(app)
     app[OPENAPI] = openapi.build(routes, BASE)
-    app.cleanup_ctx.extend([cpu_pool_ctx, pool_ctx, cache_ctx, broker_ctx, relay_ctx, last_used_ctx])
+    app.cleanup_ctx.extend(
+        [cpu_pool_ctx, pool_ctx, cache_ctx, twofa_ctx, broker_ctx, relay_ctx, last_used_ctx]
+    )
     return app

@@ -27,6 +27,9 @@ class Access:
 
     kinds: frozenset[str]
     scope: str | None = None
+    # The view authenticates itself (with `authenticate(request, access)`), because what the
+    # request carries decides which credential counts (e.g. a tempToken in the body).
+    deferred: bool = False
 
     @property
     def public(self) -> bool:
@@ -35,6 +38,8 @@ class Access:
 
 PUBLIC = Access(frozenset())
 USER_ONLY = Access(frozenset({"user"}))
+# POST /2fa/verify: a tempToken in the body alone authorises it; otherwise a key or user token.
+TEMP_TOKEN_OR_KEY = Access(frozenset({"user", "apiKey"}), "2fa:write", deferred=True)
 
 
 def either(scope: str) -> Access:
@@ -100,6 +105,6 @@ async def auth_middleware(request: web.Request, handler):  # type: ignore[no-unt
     access = request.app[ACCESS].get(request.match_info.route)
     if access is None:
         raise Forbidden("This route has no access policy", code="FORBIDDEN")
-    if not access.public:
+    if not access.public and not access.deferred:
         request[PRINCIPAL] = await authenticate(request, access)
     return await handler(request)

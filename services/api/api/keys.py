@@ -15,6 +15,7 @@ from shared.config import Settings
 from shared.health import Health
 from shared.outbox import Relay
 
+from api.domain import twofa
 from api.principal import Principal
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -30,6 +31,7 @@ DUMMY_HASH = web.AppKey("dummy_hash", bytes)
 # route -> Access (declared in routes.py, enforced by auth.auth_middleware)
 ACCESS = web.AppKey("access", dict)
 OPENAPI = web.AppKey("openapi", dict)
+TWOFA = web.AppKey("twofa", twofa.Deps)
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 RATE_HEADERS = web.RequestKey("rate_headers", dict)

@@ -12,9 +12,9 @@ from pydantic import BaseModel
 from shared.health import health_routes
 
 from api import schemas as s
-from api.auth import PUBLIC, USER_ONLY, Access, either
+from api.auth import PUBLIC, TEMP_TOKEN_OR_KEY, USER_ONLY, Access, either
 from api.keys import ACCESS, HEALTH
-from api.views import accounts, api_keys, docs
+from api.views import accounts, api_keys, docs, twofa
 
 BASE = "/api"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -60,6 +60,25 @@ def api_routes() -> list[Route]:
               "api-keys", response=s.ApiKey),
         Route("GET", "/api-keys/{id}/usage", api_keys.usage, USER_ONLY,
               "Requests and rejections per hour, last 24 hours", "api-keys", response=s.Usage),
+        Route("POST", "/2fa/totp/setup", twofa.setup_totp, either("2fa:write"),
+              "Start TOTP setup: secret, otpauth URL and QR code", "2fa",
+              body=s.UserBody, response=s.TotpSetup),
+        Route("POST", "/2fa/totp/verify-setup", twofa.verify_totp_setup, either("2fa:write"),
+              "Confirm TOTP with a first code; returns 10 backup codes", "2fa",
+              body=s.CodeBody, response=s.BackupCodes),
+        Route("POST", "/2fa/verify", twofa.verify, TEMP_TOKEN_OR_KEY,
+              "Finish a login (tempToken) or check a user's code (API key + userId)", "2fa",
+              body=s.VerifyBody, response=s.Verified),
+        Route("GET", "/2fa/methods", twofa.list_methods, either("2fa:read"),
+              "The user's enabled methods", "2fa", query=s.UserQuery, response=s.Method, is_list=True),
+        Route("DELETE", "/2fa/methods/{type}", twofa.disable_method, either("2fa:write"),
+              "Turn a method off", "2fa", body=s.DisableMethodBody, query=s.UserQuery),
+        Route("POST", "/2fa/backup-codes", twofa.regenerate_backup_codes, either("2fa:write"),
+              "Replace the backup codes with 10 new ones", "2fa",
+              body=s.UserBody, response=s.BackupCodes),
+        Route("GET", "/2fa/status", twofa.get_status, either("2fa:read"),
+              "Whether 2FA is on, and with which methods", "2fa",
+              query=s.UserQuery, response=s.TwoFactorStatus),
         Route("GET", "/openapi.json", docs.openapi, PUBLIC, "This document", "meta"),
     ]
 

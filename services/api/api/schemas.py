@@ -73,6 +73,36 @@ class RotateApiKeyBody(Body):
     gracePeriodSeconds: Annotated[int, Field(ge=0, le=7 * 24 * 3600)] = 3600
 
 
+UserId = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+Code = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+Token = Annotated[str, StringConstraints(min_length=1, max_length=2048)]
+
+
+class UserBody(Body):
+    userId: UserId | None = None
+
+
+class CodeBody(UserBody):
+    code: Code
+
+
+class VerifyBody(Body):
+    tempToken: Token | None = None
+    userId: UserId | None = None
+    code: Code
+    rememberDevice: bool = False
+
+
+class DisableMethodBody(Body):
+    userId: UserId | None = None
+    password: Annotated[str, Field(max_length=1024)] | None = None
+    code: Code | None = None
+
+
+class UserQuery(Body):
+    userId: UserId | None = None
+
+
 class ListQuery(Body):
     limit: Annotated[int, Field(ge=1, le=200)] = 50
     cursor: Annotated[str, Field(max_length=512)] | None = None
@@ -150,6 +180,38 @@ class Usage(Resp):
     total: int
     rejected: int
     hours: list[UsageHour]
+
+
+class TotpSetup(Resp):
+    secret: str
+    otpauthUrl: str
+    qrCode: str
+
+
+class BackupCodes(Resp):
+    backupCodes: list[str]
+
+
+class Verified(Resp):
+    verified: bool | None = None
+    method: str | None = None
+    accessToken: str | None = None
+    refreshToken: str | None = None
+    expiresIn: int | None = None
+    deviceToken: str | None = None
+
+
+class Method(Resp):
+    type: str
+    createdAt: datetime
+    enabledAt: datetime | None
+    lastUsedAt: datetime | None
+
+
+class TwoFactorStatus(Resp):
+    enabled: bool
+    methods: list[str]
+    backupCodesRemaining: int
 
 
 class Check(Resp):

@@ -35,7 +35,7 @@ SELECT id, email, username, password_hash, created_at FROM accounts
 WHERE lower(email) = lower($1) OR lower(username) = lower($1)
 LIMIT 1
 """
-GET_ACCOUNT_SQL = "SELECT id, email, username, created_at FROM accounts WHERE id = $1"
+GET_ACCOUNT_SQL = "SELECT id, email, username, password_hash, created_at FROM accounts WHERE id = $1"
 INSERT_REFRESH_SQL = """
 INSERT INTO refresh_tokens (id, account_id, family_id, expires_at) VALUES ($1, $2, $3, $4)
 """
@@ -122,6 +122,7 @@ async def issue_session(
     settings: Settings,
     origin: Origin,
     method: str = "password",
+    two_factor_method: str | None = None,
 ) -> dict[str, Any]:
     """Start a login session: a new refresh-token family, the token pair and `user.login`."""
     account_id = account["id"]
@@ -129,7 +130,7 @@ async def issue_session(
     async with conn.transaction():
         pair = await _new_pair(conn, account_id, family_id, settings)
         ctx = Context.for_account(account_id, origin)
-        data = LoginData(userId=str(account_id), method=method)  # type: ignore[arg-type]
+        data = LoginData(userId=str(account_id), method=method, twoFactorMethod=two_factor_method)  # type: ignore[arg-type]
         await outbox.add(conn, ctx.event(EventType.USER_LOGIN, data, str(account_id)))
     return {**pair.as_payload(), "user": account_view(account)}
 
@@ -204,11 +205,15 @@ async def logout(
     return list(families)
 
 
-async def get_account(conn: asyncpg.Connection, account_id: uuid.UUID) -> dict[str, Any]:
+async def load(conn: asyncpg.Connection, account_id: uuid.UUID) -> asyncpg.Record:
     row = await conn.fetchrow(GET_ACCOUNT_SQL, account_id)
     if row is None:
         raise NotFound("Account not found")
-    return account_view(row)
+    return row
+
+
+async def get_account(conn: asyncpg.Connection, account_id: uuid.UUID) -> dict[str, Any]:
+    return account_view(await load(conn, account_id))
 
 
 def make_offload(executor: Any) -> Offload:

@@ -17,6 +17,8 @@ import jwt
 from shared.errors import Unauthorized
 
 ALGORITHM = "HS256"
+# A password login waiting for its second factor must finish within this time.
+TEMP_TTL_SECONDS = 300
 TokenType = Literal["access", "refresh", "temp", "device"]
 REQUIRED_CLAIMS = ["exp", "iat", "sub", "typ"]
 

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import uuid
+
 from aiohttp import web
 
 from shared.envelope import ok
 from shared.errors import Unauthorized
 
-from api.domain import accounts, rate_limit, sessions
+from api.domain import accounts, devices, end_users, rate_limit, sessions, tokens, twofa
+from api.domain.context import Context
 from api.keys import CACHE, DUMMY_HASH, OFFLOAD, POOL, SETTINGS
 from api.parsing import parse_json
 from api.schemas import LoginBody, LogoutBody, RefreshBody, RegisterBody
-from api.views.common import origin_of, principal_of
+from api.views.common import context_of, origin_of, principal_of
 
 
 async def register(request: web.Request) -> web.Response:
@@ -52,7 +55,19 @@ async def login(request: web.Request) -> web.Response:
             )
             raise Unauthorized("Invalid email/username or password", code="INVALID_CREDENTIALS")
         await rate_limit.clear_failures(cache, next(iter(throttle)))
-        result = await accounts.issue_session(conn, account, settings, origin)
+        ctx = Context.for_account(account["id"], origin)
+        user = await end_users.find(conn, ctx, str(account["id"]))
+        methods = [m["type"] for m in await twofa.methods(conn, user)]
+        if methods and not (user and devices.is_valid(settings, body.deviceToken, user)):
+            temp = tokens.encode(
+                "temp", str(account["id"]), settings.JWT_ACCESS_SECRET, tokens.TEMP_TTL_SECONDS,
+                jti=uuid.uuid4().hex,
+            )
+            return ok({"requiresTwoFactor": True, "tempToken": temp, "methods": methods,
+                       "expiresIn": tokens.TEMP_TTL_SECONDS})
+        result = await accounts.issue_session(
+            conn, account, settings, origin, method="device" if methods else "password"
+        )
     return ok(result)
 
 
@@ -90,5 +105,5 @@ async def me(request: web.Request) -> web.Response:
     principal = principal_of(request)
     async with request.app[POOL].acquire() as conn:
         account = await accounts.get_account(conn, principal.owner_id)
-    # 2FA methods arrive with the TOTP issue; until then no account has any.
-    return ok({**account, "twoFactor": {"enabled": False, "methods": []}})
+        summary = await twofa.status(conn, context_of(request), str(principal.owner_id))
+    return ok({**account, "twoFactor": {"enabled": summary["enabled"], "methods": summary["methods"]}})

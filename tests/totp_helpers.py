@@ -1,0 +1,25 @@
+"""Helpers for TOTP tests: codes from pyotp, and enabling TOTP through the public API."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pyotp
+from aiohttp.test_utils import TestClient
+
+
+def code_at(secret: str, offset_steps: int = 0) -> str:
+    return pyotp.TOTP(secret).at(time.time() + offset_steps * 30)
+
+
+async def enable_totp(client: TestClient, headers: dict[str, str], user_id: str | None = None) -> dict[str, Any]:
+    """Set up and confirm TOTP; returns {secret, backupCodes}. The confirming code uses the
+    previous step so that the current step is still free for the test's own first code."""
+    body = {"userId": user_id} if user_id else {}
+    r = await client.post("/api/2fa/totp/setup", json=body, headers=headers)
+    assert r.status == 200, await r.text()
+    secret = (await r.json())["secret"]
+    r = await client.post("/api/2fa/totp/verify-setup", json={**body, "code": code_at(secret, -1)}, headers=headers)
+    assert r.status == 200, await r.text()
+    return {"secret": secret, "backupCodes": (await r.json())["backupCodes"]}
