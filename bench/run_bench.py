@@ -34,21 +34,21 @@ import urllib.request
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import aio_pika
+
+from shared import db
+from shared.broker import Topology
+from shared.cache import create_cache
+from shared.config import Settings
+from shared.logs import configure_logging
+from shared.migrate import prepare
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 LUA = BENCH / "lua"
 RESULTS = BENCH / "results"
-sys.path.insert(0, str(ROOT))
-
-from shared import db  # noqa: E402
-from shared.broker import Topology  # noqa: E402
-from shared.cache import create_cache  # noqa: E402
-from shared.config import Settings  # noqa: E402
-from shared.migrate import prepare  # noqa: E402
 
 DATABASE = "tfa_bench"
 REDIS_KEY_PREFIX = "tfa-bench:"
@@ -66,6 +66,7 @@ SERVICES: dict[str, tuple[str, int] | None] = {
 INHERITED = ("REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD", "RABBITMQ_URL")
 SECRETS = ("JWT_ACCESS_SECRET", "JWT_REFRESH_SECRET", "DEVICE_TOKEN_SECRET", "ENCRYPTION_KEY")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # ignore http_proxy
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,9 @@ async def cleanup_resources(settings: Settings) -> None:
 
     async def redis_keys() -> None:
         async with create_cache(settings) as cache:
-            keys = [k async for k in cache.client.scan_iter(match=f"{REDIS_KEY_PREFIX}*", count=1000)]
+            keys = [
+                k async for k in cache.client.scan_iter(match=f"{REDIS_KEY_PREFIX}*", count=1000)
+            ]
             for i in range(0, len(keys), 1000):
                 await cache.client.delete(*keys[i : i + 1000])
 
@@ -149,7 +152,7 @@ async def cleanup_resources(settings: Settings) -> None:
     for step in (drop_db, redis_keys, broker_objects):
         try:
             await step()
-        except Exception as exc:  # keep cleaning the rest
+        except Exception as exc:  # noqa: BLE001 - keep cleaning the rest
             steps.append(f"{step.__name__}: {exc!r}")
     if steps:
         print("cleanup problems: " + "; ".join(steps), file=sys.stderr)
@@ -169,8 +172,12 @@ class System:
         for module in SERVICES:
             with open(self.log_dir / f"{module}.log", "wb") as log:
                 self.procs[module] = subprocess.Popen(
-                    [sys.executable, "-m", module], cwd=self.workdir, env=self.env,
-                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    [sys.executable, "-m", module],
+                    cwd=self.workdir,
+                    env=self.env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
                     start_new_session=True,
                 )
 
@@ -211,14 +218,19 @@ class System:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def http(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
-         timeout: float = 30) -> tuple[int, Any]:
+def http(
+    method: str,
+    url: str,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 30,
+) -> tuple[int, Any]:
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
     if data is not None:
         request.add_header("Content-Type", "application/json")
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with NO_PROXY.open(request, timeout=timeout) as response:
             status, raw = response.status, response.read()
     except urllib.error.HTTPError as exc:
         status, raw = exc.code, exc.read()
@@ -233,25 +245,23 @@ def http(method: str, url: str, body: Any = None, headers: dict[str, str] | None
 # --------------------------------------------------------------------------- CPU accounting
 
 
-def proc_cpu_seconds(pid: int) -> float | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
-
-
-def pids_named(comm: str) -> list[int]:
-    pids = []
+def all_processes() -> dict[int, tuple[str, float]]:
+    """pid -> (command name, CPU seconds used so far) for every process on the machine."""
+    found = {}
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "comm").read_text().strip() == comm:
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-    return pids
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # it exited meanwhile
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 1 :].split()
+        if fields[1] == "2" or entry.name == "2":
+            comm = "[kernel]"  # kernel threads: their time counts in "other", not as a process
+        utime, stime = int(fields[11]), int(fields[12])
+        found[int(entry.name)] = (comm, (utime + stime) / CLK_TCK)
+    return found
 
 
 def machine_jiffies() -> tuple[int, int]:
@@ -266,46 +276,57 @@ def machine_jiffies() -> tuple[int, int]:
 class CpuMeter:
     """CPU used per group of processes over an interval, in cores (1.0 = one core busy)."""
 
+    GROUPS_BY_COMM: ClassVar[dict[str, str]] = {
+        "postgres": "postgres",
+        "redis-server": "redis",
+        "beam.smp": "rabbitmq",
+    }
+
     def __init__(self, service_pids: dict[str, int]) -> None:
-        self.groups: dict[str, Any] = {
-            "api": lambda: [service_pids["api"]],
-            "consumers": lambda: [p for m, p in service_pids.items() if m != "api"],
-            "postgres": lambda: pids_named("postgres"),
-            "redis": lambda: pids_named("redis-server"),
-            "rabbitmq": lambda: pids_named("beam.smp"),
+        self.service_groups = {
+            pid: ("api" if m == "api" else "consumers") for m, pid in service_pids.items()
         }
 
+    def group_of(self, pid: int, comm: str) -> str | None:
+        return self.service_groups.get(pid) or self.GROUPS_BY_COMM.get(comm)
+
     def snapshot(self) -> dict[str, Any]:
-        per_pid = {
-            group: {pid: proc_cpu_seconds(pid) for pid in pids()}
-            for group, pids in self.groups.items()
-        }
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         return {
             "t": time.monotonic(),
-            "pids": per_pid,
+            "procs": all_processes(),
             "children": children.ru_utime + children.ru_stime,  # only wrk is ever waited for
             "machine": machine_jiffies(),
         }
 
-    @staticmethod
-    def usage(start: dict[str, Any], end: dict[str, Any]) -> dict[str, float]:
+    def usage(self, start: dict[str, Any], end: dict[str, Any], top: int = 0) -> dict[str, Any]:
+        """Cores per group; 'other' is the machine's busy time not in a group (kernel work,
+        other processes); with `top`, also the busiest processes outside the groups."""
         elapsed = end["t"] - start["t"]
-        cores: dict[str, float] = {}
-        for group, pids in end["pids"].items():
-            used = 0.0
-            for pid, seconds in pids.items():
-                before = start["pids"][group].get(pid, 0.0) or 0.0
-                if seconds is not None:
-                    used += max(0.0, seconds - before)
-            cores[group] = used / elapsed
+        cores = dict.fromkeys(("api", "consumers", "postgres", "redis", "rabbitmq"), 0.0)
+        others: list[tuple[float, str]] = []
+        for pid, (comm, seconds) in end["procs"].items():
+            before = start["procs"].get(pid)
+            used = seconds - (before[1] if before and before[0] == comm else 0.0)
+            group = self.group_of(pid, comm)
+            if group:
+                cores[group] += max(0.0, used) / elapsed
+            elif pid != os.getpid() and comm != "[kernel]" and used > 0:
+                others.append((used / elapsed, f"{comm}[{pid}]"))
         cores["wrk"] = (end["children"] - start["children"]) / elapsed
+        named = sum(cores.values())
         busy = end["machine"][0] - start["machine"][0]
         total = end["machine"][1] - start["machine"][1]
         cores["machine"] = (os.cpu_count() or 1) * busy / total if total else 0.0
-        # Whatever else ran meanwhile: kernel networking, other processes on the machine.
-        cores["other"] = max(0.0, cores["machine"] - sum(v for k, v in cores.items() if k != "machine"))
-        return {k: round(v, 2) for k, v in cores.items()}
+        cores["other"] = max(0.0, cores["machine"] - named)
+        result: dict[str, Any] = {k: round(v, 2) for k, v in cores.items()}
+        if top:
+            result["busiest_other_processes"] = [
+                {"process": name, "cores": round(c, 2)}
+                for c, name in sorted(others, reverse=True)[:top]
+                if c >= 0.01
+            ]
+        return result
 
 
 def quiesce(meter: CpuMeter, limit: float = 120) -> float:
@@ -316,7 +337,7 @@ def quiesce(meter: CpuMeter, limit: float = 120) -> float:
     while quiet < 2 and time.monotonic() - started < limit:
         before = meter.snapshot()
         time.sleep(0.5)
-        use = CpuMeter.usage(before, meter.snapshot())
+        use = meter.usage(before, meter.snapshot())
         quiet = quiet + 1 if use["api"] + use["consumers"] < 0.1 else 0
     return round(time.monotonic() - started, 1)
 
@@ -325,23 +346,36 @@ def quiesce(meter: CpuMeter, limit: float = 120) -> float:
 
 
 def wrk_version() -> str:
-    out = subprocess.run(["wrk", "--version"], capture_output=True, text=True)
+    out = subprocess.run(["wrk", "--version"], check=False, capture_output=True, text=True)
     return (out.stdout + out.stderr).splitlines()[0].strip()
 
 
-def run_wrk(scenario: Scenario, seconds: int, threads: int, timeout: int,
-            env: dict[str, str]) -> tuple[dict[str, Any], str]:
+def run_wrk(
+    scenario: Scenario, seconds: int, threads: int, timeout: int, env: dict[str, str]
+) -> tuple[dict[str, Any], str]:
     cmd = [
-        "wrk", f"-t{min(threads, scenario.connections)}", f"-c{scenario.connections}",
-        f"-d{seconds}s", f"--timeout={timeout}s", "--latency",
-        "-s", str(LUA / scenario.script), f"http://{HOST}:{API_PORT}{scenario.path}",
+        "wrk",
+        f"-t{min(threads, scenario.connections)}",
+        f"-c{scenario.connections}",
+        f"-d{seconds}s",
+        f"--timeout={timeout}s",
+        "--latency",
+        "-s",
+        str(LUA / scenario.script),
+        f"http://{HOST}:{API_PORT}{scenario.path}",
     ]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=seconds + timeout + 60)
+    out = subprocess.run(
+        cmd, check=False, capture_output=True, text=True, env=env, timeout=seconds + timeout + 60
+    )
     lines = [line for line in out.stdout.splitlines() if line.startswith("BENCH_RESULT ")]
     if out.returncode != 0 or not lines:
-        raise RuntimeError(f"wrk failed ({out.returncode}): {' '.join(cmd)}\n{out.stdout}\n{out.stderr}")
-    human = "\n".join(line for line in out.stdout.splitlines() if not line.startswith("BENCH_RESULT "))
-    return json.loads(lines[-1][len("BENCH_RESULT "):]), human
+        raise RuntimeError(
+            f"wrk failed ({out.returncode}): {' '.join(cmd)}\n{out.stdout}\n{out.stderr}"
+        )
+    human = "\n".join(
+        line for line in out.stdout.splitlines() if not line.startswith("BENCH_RESULT ")
+    )
+    return json.loads(lines[-1][len("BENCH_RESULT ") :]), human
 
 
 def summarise(raw: dict[str, Any]) -> dict[str, Any]:
@@ -367,19 +401,39 @@ def summarise(raw: dict[str, Any]) -> dict[str, Any]:
 def setup_account(base: str) -> dict[str, str]:
     username = f"bench_{secrets.token_hex(4)}"
     password = secrets.token_hex(16)
-    status, body = http("POST", f"{base}/api/auth/register",
-                        {"email": f"{username}@example.com", "username": username, "password": password})
+    status, body = http(
+        "POST",
+        f"{base}/api/auth/register",
+        {"email": f"{username}@example.com", "username": username, "password": password},
+    )
     if status != 201:
         raise RuntimeError(f"register failed: {status} {body}")
     return {"username": username, "password": password}
 
 
 def access_token(base: str, account: dict[str, str]) -> str:
-    status, body = http("POST", f"{base}/api/auth/login",
-                        {"emailOrUsername": account["username"], "password": account["password"]})
+    status, body = http(
+        "POST",
+        f"{base}/api/auth/login",
+        {"emailOrUsername": account["username"], "password": account["password"]},
+    )
     if status != 200 or not isinstance(body, dict) or "accessToken" not in body.get("data", {}):
         raise RuntimeError(f"login failed: {status} {body}")
     return str(body["data"]["accessToken"])
+
+
+def git_state() -> dict[str, Any]:
+    """The commit measured and whether the working tree differed from it (read-only git calls)."""
+
+    def git(*argv: str) -> str:
+        out = subprocess.run(["git", *argv], cwd=ROOT, check=False, capture_output=True, text=True)
+        return out.stdout if out.returncode == 0 else ""
+
+    changed = [line[3:] for line in git("status", "--porcelain").splitlines()]
+    return {
+        "commit": git("rev-parse", "HEAD").strip() or None,
+        "uncommitted_changes_outside_bench": [f for f in changed if not f.startswith("bench/")],
+    }
 
 
 def cpu_model() -> str:
@@ -394,50 +448,144 @@ def cpu_model() -> str:
 
 def print_table(results: list[dict[str, Any]]) -> None:
     print()
-    head = f"{'scenario':<22} {'conns':>5} {'requests/s':>11} {'p50 ms':>9} {'p99 ms':>9} {'errors/non-2xx':>15}"
+    head = (
+        f"{'scenario':<22} {'conns':>5} {'requests/s':>11} {'p50 ms':>9} {'p99 ms':>9} "
+        f"{'errors/non-2xx':>15}"
+    )
     print(head)
     print("-" * len(head))
     for r in results:
         s = r["result"]
         name = f"{r['method']} {r['path']}"
-        print(f"{name:<22} {r['connections']:>5} {s['requests_per_second']:>11.1f} "
-              f"{s['latency_ms']['p50']:>9.2f} {s['latency_ms']['p99']:>9.2f} "
-              f"{s['socket_errors']:>6}/{s['non_2xx']:<8}")
+        print(
+            f"{name:<22} {r['connections']:>5} {s['requests_per_second']:>11.1f} "
+            f"{s['latency_ms']['p50']:>9.2f} {s['latency_ms']['p99']:>9.2f} "
+            f"{s['socket_errors']:>6}/{s['non_2xx']:<8}"
+        )
     print()
-    head = (f"{'CPU, cores used':<22} {'conns':>5} {'api':>6} {'consumers':>10} {'postgres':>9} "
-            f"{'redis':>6} {'rabbitmq':>9} {'wrk':>6} {'other':>6} {'machine':>8}")
+    head = (
+        f"{'CPU, cores used':<22} {'conns':>5} {'api':>6} {'consumers':>10} {'postgres':>9} "
+        f"{'redis':>6} {'rabbitmq':>9} {'wrk':>6} {'other':>6} {'machine':>8}"
+    )
     print(head)
     print("-" * len(head))
     for r in results:
         c = r["cpu_cores"]
-        print(f"{r['path']:<22} {r['connections']:>5} {c['api']:>6.2f} {c['consumers']:>10.2f} "
-              f"{c['postgres']:>9.2f} {c['redis']:>6.2f} {c['rabbitmq']:>9.2f} {c['wrk']:>6.2f} "
-              f"{c['other']:>6.2f} {c['machine']:>8.2f}")
-    print(f"(cores: 1.00 = one core busy for the whole run; this machine has {os.cpu_count()}. "
-          "'other' = machine minus the named groups: kernel, other processes.)")
+        print(
+            f"{r['path']:<22} {r['connections']:>5} {c['api']:>6.2f} {c['consumers']:>10.2f} "
+            f"{c['postgres']:>9.2f} {c['redis']:>6.2f} {c['rabbitmq']:>9.2f} {c['wrk']:>6.2f} "
+            f"{c['other']:>6.2f} {c['machine']:>8.2f}"
+        )
+    print(
+        f"(cores: 1.00 = one core busy for the whole run; this machine has {os.cpu_count()}. "
+        "'other' = machine minus the named groups: kernel, other processes.)"
+    )
     print()
+
+
+def elsewhere(cpu: dict[str, Any]) -> str:
+    busiest = ", ".join(f"{p['process']} {p['cores']}" for p in cpu["busiest_other_processes"])
+    return busiest or "short-lived processes or the kernel"
+
+
+def measure(
+    scenario: Scenario,
+    meter: CpuMeter,
+    system: System,
+    args: argparse.Namespace,
+    wrk_env: dict[str, str],
+) -> dict[str, Any]:
+    """Warm up, wait for the system to idle, run wrk for the scenario's duration, print a line."""
+    label = f"{scenario.method} {scenario.path} c={scenario.connections}"
+    if args.warmup:
+        print(f"  {label}: warm-up {args.warmup} s ...", flush=True)
+        run_wrk(scenario, args.warmup, args.threads, args.timeout, wrk_env)
+    waited = quiesce(meter)
+    system.check_alive()
+    print(f"  {label}: measuring {scenario.duration} s ...", flush=True)
+    before = meter.snapshot()
+    raw, human = run_wrk(scenario, scenario.duration, args.threads, args.timeout, wrk_env)
+    cpu = meter.usage(before, meter.snapshot(), top=5)
+    system.check_alive()
+    summary = summarise(raw)
+    latency = summary["latency_ms"]
+    print(
+        f"    {summary['requests_per_second']:.1f} req/s, p50 {latency['p50']} ms, "
+        f"p99 {latency['p99']} ms, {summary['requests']} requests, errors "
+        f"{summary['socket_errors']} socket / {summary['non_2xx']} non-2xx; "
+        f"CPU api {cpu['api']} wrk {cpu['wrk']} machine {cpu['machine']} cores",
+        flush=True,
+    )
+    if cpu["other"] > 0.2:
+        print(
+            f"    warning: {cpu['other']} cores went elsewhere ({elsewhere(cpu)}); "
+            "this scenario's figures are disturbed",
+            flush=True,
+        )
+    quiesce(meter)  # drain in-flight work (abandoned logins, events) before the next scenario
+    return {
+        "scenario": scenario.name,
+        "method": scenario.method,
+        "path": scenario.path,
+        "connections": scenario.connections,
+        "threads": min(args.threads, scenario.connections),
+        "warmup_seconds": args.warmup,
+        "duration_seconds": scenario.duration,
+        "quiesce_seconds_before": waited,
+        "result": summary,
+        "cpu_cores": cpu,
+        "wrk": raw,
+        "wrk_output": human,
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=int, default=12, help="measured seconds per scenario (default 12)")
-    parser.add_argument("--login-duration", type=int, default=15, help="measured seconds per login scenario (default 15)")
-    parser.add_argument("--warmup", type=int, default=3, help="warm-up seconds before each scenario (default 3)")
-    parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2, one per core)")
-    parser.add_argument("--timeout", type=int, default=30, help="wrk per-request timeout in seconds (default 30)")
+    parser.add_argument(
+        "--duration", type=int, default=12, help="measured seconds per scenario (default 12)"
+    )
+    parser.add_argument(
+        "--login-duration",
+        type=int,
+        default=15,
+        help="measured seconds per login scenario (default 15)",
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=3, help="warm-up seconds before each scenario (default 3)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=2, help="wrk threads (default 2, one per core)"
+    )
+    parser.add_argument(
+        "--timeout", type=int, default=30, help="wrk per-request timeout in seconds (default 30)"
+    )
     args = parser.parse_args()
 
     if shutil.which("wrk") is None:
-        print("wrk is not installed (bench/run.sh installs it: apt-get install -y wrk)", file=sys.stderr)
+        print(
+            "wrk is not installed (bench/run.sh installs it: apt-get install -y wrk)",
+            file=sys.stderr,
+        )
         return 1
     busy = [p for p in [API_PORT] + [s[1] for s in SERVICES.values() if s] if port_in_use(p)]
     if busy:
-        print(f"port(s) {', '.join(map(str, busy))} on {HOST} already in use; is another benchmark running?",
-              file=sys.stderr)
+        print(
+            f"port(s) {', '.join(map(str, busy))} on {HOST} already in use; "
+            "is another benchmark running?",
+            file=sys.stderr,
+        )
         return 1
 
+    source = git_state()
+    dirty = source["uncommitted_changes_outside_bench"]
+    print(
+        f"measuring commit {(source['commit'] or 'unknown')[:12]}"
+        + (f" plus {len(dirty)} uncommitted change(s) outside bench/" if dirty else ""),
+        flush=True,
+    )
     env = service_env()
     settings = settings_of(env)
+    configure_logging(settings, "bench")  # WARNING: no per-migration lines
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     RESULTS.mkdir(parents=True, exist_ok=True)
     log_dir = RESULTS / f"logs-{stamp}"
@@ -449,54 +597,46 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     results: list[dict[str, Any]] = []
-    idle: dict[str, float] = {}
+    idle: dict[str, Any] = {}
     try:
         asyncio.run(cleanup_resources(settings))  # leftovers of an interrupted run
         applied = asyncio.run(prepare(settings))
-        print(f"database {DATABASE}: {len(applied)} migration(s) applied; starting api on :{API_PORT}, "
-              f"consumers' health on :3102-3104 (logs in {log_dir.relative_to(ROOT)})", flush=True)
+        print(
+            f"database {DATABASE}: {len(applied)} migration(s) applied; starting api on "
+            f":{API_PORT}, consumers' health on :3102-3104 (logs in {log_dir.relative_to(ROOT)})",
+            flush=True,
+        )
         system.start()
         system.wait_ready()
         meter = CpuMeter(system.pids())
         idle_before = meter.snapshot()
         time.sleep(2)
-        idle = CpuMeter.usage(idle_before, meter.snapshot())
+        idle = meter.usage(idle_before, meter.snapshot(), top=5)
         print(f"machine CPU while the system idles: {idle['machine']} cores", flush=True)
         if idle["machine"] > 0.2:
-            print("  warning: something else is using the CPU; figures will be lower and noisier", flush=True)
+            print(
+                f"  warning: the CPU is busy elsewhere ({elsewhere(idle)}); figures will be "
+                "lower and noisier",
+                flush=True,
+            )
         account = setup_account(base)
-        wrk_env = {**os.environ, "BENCH_LUA_DIR": str(LUA),
-                   "BENCH_USERNAME": account["username"], "BENCH_PASSWORD": account["password"]}
-        print(f"ready; account {account['username']} registered (bcrypt cost {settings.BCRYPT_ROUNDS}); "
-              f"wrk -t{args.threads}, warm-up {args.warmup} s, then the measured run", flush=True)
+        wrk_env = {
+            **os.environ,
+            "BENCH_LUA_DIR": str(LUA),
+            "BENCH_USERNAME": account["username"],
+            "BENCH_PASSWORD": account["password"],
+        }
+        print(
+            f"ready; account {account['username']} registered (bcrypt cost "
+            f"{settings.BCRYPT_ROUNDS}); wrk -t{args.threads}, warm-up {args.warmup} s, then the "
+            "measured run",
+            flush=True,
+        )
 
         for scenario in scenarios(args.duration, args.login_duration):
             if scenario.script == "me.lua":
                 wrk_env["BENCH_ACCESS_TOKEN"] = access_token(base, account)
-            label = f"{scenario.method} {scenario.path} c={scenario.connections}"
-            if args.warmup:
-                print(f"  {label}: warm-up {args.warmup} s ...", flush=True)
-                run_wrk(scenario, args.warmup, args.threads, args.timeout, wrk_env)
-            waited = quiesce(meter)
-            system.check_alive()
-            print(f"  {label}: measuring {scenario.duration} s ...", flush=True)
-            before = meter.snapshot()
-            raw, human = run_wrk(scenario, scenario.duration, args.threads, args.timeout, wrk_env)
-            cpu = CpuMeter.usage(before, meter.snapshot())
-            system.check_alive()
-            summary = summarise(raw)
-            print(f"    {summary['requests_per_second']:.1f} req/s, p50 {summary['latency_ms']['p50']} ms, "
-                  f"p99 {summary['latency_ms']['p99']} ms, {summary['requests']} requests, "
-                  f"errors {summary['socket_errors']} socket / {summary['non_2xx']} non-2xx; "
-                  f"CPU api {cpu['api']} wrk {cpu['wrk']} machine {cpu['machine']} cores", flush=True)
-            results.append({
-                "scenario": scenario.name, "method": scenario.method, "path": scenario.path,
-                "connections": scenario.connections, "threads": min(args.threads, scenario.connections),
-                "warmup_seconds": args.warmup, "duration_seconds": scenario.duration,
-                "quiesce_seconds_before": waited, "result": summary, "cpu_cores": cpu,
-                "wrk": raw, "wrk_output": human,
-            })
-            quiesce(meter)  # drain in-flight work before the next scenario
+            results.append(measure(scenario, meter, system, args, wrk_env))
     except KeyboardInterrupt:
         print("interrupted; stopping", file=sys.stderr)
         return 130
@@ -507,19 +647,28 @@ def main() -> int:
     print_table(results)
     report = {
         "started_utc": stamp,
-        "command": "bash bench/run.sh " + " ".join(sys.argv[1:]),
+        "command": " ".join(["bash bench/run.sh", *sys.argv[1:]]),
+        "source": source,
         "machine": {
-            "cpus": os.cpu_count(), "cpu_model": cpu_model(), "kernel": platform.release(),
-            "python": platform.python_version(), "wrk": wrk_version(),
+            "cpus": os.cpu_count(),
+            "cpu_model": cpu_model(),
+            "kernel": platform.release(),
+            "python": platform.python_version(),
+            "wrk": wrk_version(),
         },
         "settings": {
-            "database": DATABASE, "redis_key_prefix": REDIS_KEY_PREFIX, "broker_prefix": BROKER_PREFIX,
-            "api_port": API_PORT, "bcrypt_rounds": settings.BCRYPT_ROUNDS,
-            "db_pool_max": settings.DB_POOL_MAX, "log_level": settings.LOG_LEVEL,
-            "wrk_threads": args.threads, "wrk_timeout_seconds": args.timeout,
+            "database": DATABASE,
+            "redis_key_prefix": REDIS_KEY_PREFIX,
+            "broker_prefix": BROKER_PREFIX,
+            "api_port": API_PORT,
+            "bcrypt_rounds": settings.BCRYPT_ROUNDS,
+            "db_pool_max": settings.DB_POOL_MAX,
+            "log_level": settings.LOG_LEVEL,
+            "wrk_threads": args.threads,
+            "wrk_timeout_seconds": args.timeout,
         },
         "notes": "cpu_cores: average cores used during the measured run (1.0 = one core); "
-                 "latency_ms from wrk's HdrHistogram of completed requests",
+        "latency_ms from wrk's HdrHistogram of completed requests",
         "idle_cpu_cores": idle,
         "scenarios": results,
     }
