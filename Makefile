@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+NODE   := tests/clients/node
 
 .PHONY: install run migrate test bench clean
 
@@ -21,8 +22,16 @@ run: install
 migrate: install
 	@$(BIN)/python -m shared.migrate
 
+# The guide's Node client for tests/clients: reinstalled when missing or older than its lock file.
+$(NODE)/node_modules: $(NODE)/package-lock.json
+	@npm ci --prefix $(NODE) --no-audit --no-fund
+	@touch $@
+
 ## make test: install and run the whole suite against the local PostgreSQL, Redis and RabbitMQ
-test: install
+## (tests/clients also needs the guide's Node client and Debian's oathtool: installed here if missing)
+test: install $(NODE)/node_modules
+	@command -v oathtool >/dev/null || apt-get install -y -qq oathtool >/dev/null 2>&1 \
+		|| { apt-get update -qq && apt-get install -y -qq oathtool; }
 	@$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 ## make bench: the benchmarks under bench/ (start the system with `make run` first, or let it)
@@ -30,4 +39,4 @@ bench: install
 	@bash bench/run.sh
 
 clean:
-	rm -rf $(VENV) *.egg-info
+	rm -rf $(VENV) *.egg-info $(NODE)/node_modules

@@ -39,8 +39,10 @@ def _scrub(value: Any) -> Any:
     return value
 
 
-def _redact_pair(key: str, value: Any) -> Any:
-    if key not in SAFE_KEYS and SECRET_KEYS.search(key) and value not in (None, ""):
+def _redact_pair(key: Any, value: Any) -> Any:
+    # Nested dicts may be keyed by ids or numbers; a log call must never raise over that.
+    name = str(key)
+    if name not in SAFE_KEYS and SECRET_KEYS.search(name) and value not in (None, ""):
         return REDACTED
     return _scrub(value)
 

@@ -108,8 +108,11 @@ class Relay:
                         listener = await self._listen()
                     await asyncio.sleep(backoff)
                     continue
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that lands
+                # as the event is set, and shutdown would then wait for this loop forever.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=self._poll)
+                    async with asyncio.timeout(self._poll):
+                        await self._wake.wait()
         finally:
             if listener is not None and not listener.is_closed():
                 with contextlib.suppress(Exception):
@@ -119,8 +122,17 @@ class Relay:
     async def _listen(self) -> asyncpg.Connection | None:
         try:
             conn = await self._pool.acquire()
-            await conn.add_listener("outbox", self.wake)
-            return conn
         except Exception as exc:
             log.warning("outbox LISTEN unavailable; polling only", error=repr(exc))
             return None
+        try:
+            await conn.add_listener("outbox", self.wake)
+        except BaseException as exc:
+            # Failed or cancelled (shutdown) mid-LISTEN: hand the connection back, or
+            # pool.close() waits for it forever.
+            await self._pool.release(conn)
+            if not isinstance(exc, Exception):
+                raise
+            log.warning("outbox LISTEN unavailable; polling only", error=repr(exc))
+            return None
+        return conn

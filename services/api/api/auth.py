@@ -8,7 +8,6 @@ are set on every key-authenticated response, errors included.
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -92,7 +91,7 @@ async def _api_key_principal(request: web.Request, key: str) -> Principal:
 async def _user_principal(request: web.Request, token: str) -> Principal:
     claims = tokens.decode(token, "access", request.app[SETTINGS].JWT_ACCESS_SECRET)
     account_id = tokens.subject_uuid(claims)
-    session_id = uuid.UUID(claims["sid"]) if "sid" in claims else None
+    session_id = tokens.subject_uuid(claims, "sid") if "sid" in claims else None
     if session_id and await sessions.is_revoked(request.app[CACHE], session_id):
         raise Unauthorized("This session has ended; log in again", code="TOKEN_REVOKED")
     return Principal(kind="user", owner_id=account_id, scopes=ALL_SCOPES, session_id=session_id)

@@ -1,4 +1,5 @@
-"""Request middleware: CORS, then request id + error translation + one log line, then auth.
+"""Request middleware: CORS, then request id + body-size limit + error translation + one log
+line, then auth.
 
 `core_middleware` is the only place exceptions become responses: `AppError` becomes its envelope,
 aiohttp's own HTTP errors (404, 405, 413) are mapped to the contract's codes, a lost database or
@@ -74,6 +75,10 @@ async def core_middleware(request: web.Request, handler: Handler) -> web.StreamR
     started = time.perf_counter()
     error_code = None
     try:
+        limit = request.app[SETTINGS].MAX_BODY_BYTES
+        # Refused before auth runs, and also where the handler would never read the body.
+        if request.content_length is not None and request.content_length > limit:
+            raise PayloadTooLarge(details={"maxBytes": limit})
         response = await handler(request)
     except AppError as exc:
         response, error_code = envelope.error(exc), exc.code

@@ -91,6 +91,13 @@ def _success(route: Any, components: _Components) -> dict[str, Any]:
     }
 
 
+def _error_response(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}},
+    }
+
+
 def build(routes: list[Any], base: str) -> dict[str, Any]:
     """The OpenAPI document for `routes` mounted under `base`."""
     components = _Components()
@@ -103,23 +110,25 @@ def build(routes: list[Any], base: str) -> dict[str, Any]:
             "parameters": _parameters(route, components),
             "responses": {
                 str(route.status): _success(route, components),
-                **{
-                    status: {
-                        "description": text,
-                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}},
-                    }
-                    for status, text in ERROR_STATUSES.items()
-                },
+                **{status: _error_response(text) for status, text in ERROR_STATUSES.items()},
             },
         }
         if not route.access.public:
-            op["security"] = [{"bearerAuth": []}, {"apiKeyHeader": []}]
+            # Only what the route accepts: a user-token route refuses X-API-Key with 403.
+            op["security"] = (
+                [{"bearerAuth": []}, {"apiKeyHeader": []}]
+                if "apiKey" in route.access.kinds
+                else [{"bearerAuth": []}]
+            )
             if route.access.scope:
                 op["x-required-scope"] = route.access.scope
             op["x-credentials"] = sorted(route.access.kinds)
         if route.body is not None:
+            op["responses"]["415"] = _error_response("The body is not JSON")
+            # An empty body is read as `{}`: one whose fields are all optional may be left out.
+            required = any(f.is_required() for f in route.body.model_fields.values())
             op["requestBody"] = {
-                "required": True,
+                "required": required,
                 "content": {"application/json": {"schema": components.ref(route.body, "validation")}},
             }
         paths.setdefault(base + route.path, {})[route.method.lower()] = op

@@ -9,9 +9,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from shared.errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed
-
-from api.keys import SETTINGS
+from shared.errors import UnsupportedMediaType, ValidationFailed
 
 M = TypeVar("M", bound=BaseModel)
 # fetch() without a Content-Type sends text/plain; accept it rather than punish the guide's users.
@@ -36,34 +34,58 @@ def validation_failed(exc: ValidationError, where: str) -> ValidationFailed:
     return ValidationFailed(f"Invalid {where}: {names}", details={"fields": fields})
 
 
-def _nul(field: str) -> ValidationFailed:
-    return ValidationFailed(
-        "NUL characters are not allowed",
-        details={"fields": [{"field": field, "message": "contains NUL"}]},
-    )
+def _nul(fields: list[dict[str, str]]) -> ValidationFailed:
+    return ValidationFailed("NUL characters are not allowed", details={"fields": fields})
+
+
+def _nul_fields(data: Any) -> list[dict[str, str]]:
+    """Each place in decoded JSON where a string (or a field name) holds NUL, by dotted path.
+
+    Iterative, not recursive: JSON nested close to the decoder's limit would otherwise
+    overflow the stack here instead of there."""
+    found: list[dict[str, str]] = []
+    stack: list[tuple[tuple[str, ...], Any]] = [((), data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                found.append({"field": ".".join(path) or "body", "message": "contains NUL"})
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if "\x00" in key:
+                    where = ".".join(path) or "body"
+                    found.append({"field": where, "message": "a field name contains NUL"})
+                else:
+                    stack.append(((*path, key), item))
+        elif isinstance(value, list):
+            stack.extend(((*path, str(i)), item) for i, item in enumerate(value))
+    return sorted(found, key=lambda f: f["field"])
 
 
 async def read_json(request: web.Request) -> Any:
     """The decoded JSON body; an empty body is `{}`."""
-    limit = request.app[SETTINGS].MAX_BODY_BYTES
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(details={"maxBytes": limit})
+    # Over-long bodies: a declared Content-Length is refused by core_middleware, a chunked one
+    # by aiohttp's client_max_size while reading (413 either way).
     ctype = request.content_type
     raw = await request.read()
     if not raw.strip():
         return {}
     if ctype not in JSON_TYPES and not ctype.endswith("+json"):
         raise UnsupportedMediaType()
-    # NUL cannot be stored in PostgreSQL text and has no place in any field of this API.
-    if b"\\u0000" in raw or b"\x00" in raw:
-        raise _nul("body")
     try:
-        return json.loads(raw)
+        data = json.loads(raw)
     except (ValueError, RecursionError):
         raise ValidationFailed(
             "The request body is not valid JSON",
             details={"fields": [{"field": "body", "message": "malformed JSON"}]},
         ) from None
+    # NUL cannot be stored in PostgreSQL text and has no place in any field of this API. It is
+    # looked for after decoding: a raw NUL byte is already malformed JSON, and the six characters
+    # `\\u0000` after an escaped backslash are ordinary text.
+    nul_fields = _nul_fields(data)
+    if nul_fields:
+        raise _nul(nul_fields)
+    return data
 
 
 async def parse_json(request: web.Request, model: type[M]) -> M:
@@ -84,8 +106,8 @@ def parse_query(request: web.Request, model: type[M]) -> M:
     for key in request.query:
         values = request.query.getall(key)
         data[key] = values[0] if len(values) == 1 else values
-        if any("\x00" in v for v in values):
-            raise _nul(key)
+        if "\x00" in key or any("\x00" in v for v in values):
+            raise _nul([{"field": key, "message": "contains NUL"}])
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 
 from shared import outbox
-from shared.errors import NotFound, Unauthorized, ValidationFailed
+from shared.errors import Conflict, NotFound, Unauthorized, ValidationFailed
 from shared.events import ApiKeyData, EventType
 
 from api.domain import pagination
@@ -51,12 +51,13 @@ WHERE owner_id = $1 AND api_key_id = $2
 """
 MARK_ROTATED_SQL = f"""
 UPDATE api_keys SET rotated_at = now(), prefix = $3
-WHERE owner_id = $1 AND id = $2 AND revoked_at IS NULL
+WHERE owner_id = $1 AND id = $2
+  AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
 RETURNING {KEY_COLUMNS}
 """
 REVOKE_SQL = f"""
-UPDATE api_keys SET revoked_at = COALESCE(revoked_at, now())
-WHERE owner_id = $1 AND id = $2
+UPDATE api_keys SET revoked_at = now()
+WHERE owner_id = $1 AND id = $2 AND revoked_at IS NULL
 RETURNING {KEY_COLUMNS}
 """
 AUTHENTICATE_SQL = """
@@ -65,10 +66,11 @@ SELECT k.id, k.owner_id, k.scopes, k.rate_limit, k.expires_at, k.revoked_at,
 FROM api_key_secrets s JOIN api_keys k ON k.id = s.api_key_id AND k.owner_id = s.owner_id
 WHERE s.digest = $1
 """
+# Only rows whose stamp moved are written: the flusher sends every stamp Redis holds, each time.
 FLUSH_LAST_USED_SQL = """
-UPDATE api_keys k SET last_used_at = GREATEST(k.last_used_at, u.at)
+UPDATE api_keys k SET last_used_at = u.at
 FROM unnest($1::uuid[], $2::timestamptz[]) AS u(id, at)
-WHERE k.id = u.id
+WHERE k.id = u.id AND (k.last_used_at IS NULL OR k.last_used_at < u.at)
 """
 
 
@@ -110,6 +112,22 @@ def _event_data(row: asyncpg.Record) -> ApiKeyData:
     )
 
 
+def _checked_expiry(expires_at: datetime) -> datetime:
+    """`expiresAt` in UTC, or a 400 naming it when it is past or not storable."""
+    try:
+        # A time near year 1 or 9999 with an offset falls outside datetime's range in UTC.
+        expires_at = expires_at.astimezone(UTC)
+    except OverflowError:
+        message = "must be a time between years 1 and 9999 (UTC)"
+    else:
+        if expires_at > datetime.now(UTC):
+            return expires_at
+        message = "must be in the future"
+    raise ValidationFailed(
+        f"expiresAt {message}", details={"fields": [{"field": "expiresAt", "message": message}]}
+    )
+
+
 async def create(
     conn: asyncpg.Connection,
     ctx: Context,
@@ -120,11 +138,8 @@ async def create(
     expires_at: datetime | None,
 ) -> dict[str, Any]:
     """Create a key; the returned `apiKey` is the only time the secret is ever shown."""
-    if expires_at is not None and expires_at <= datetime.now(UTC):
-        raise ValidationFailed(
-            "expiresAt must be in the future",
-            details={"fields": [{"field": "expiresAt", "message": "must be in the future"}]},
-        )
+    if expires_at is not None:
+        expires_at = _checked_expiry(expires_at)
     key = new_key()
     async with conn.transaction():
         row = await conn.fetchrow(
@@ -167,8 +182,11 @@ async def rotate(
     async with conn.transaction():
         row = await conn.fetchrow(MARK_ROTATED_SQL, ctx.owner_id, key_id, key[:DISPLAY_PREFIX_LENGTH])
         if row is None:
-            await get(conn, ctx, key_id)  # 404 when it is not this owner's key
-            raise Unauthorized("A revoked API key cannot be rotated", code="API_KEY_REVOKED")
+            current = await get(conn, ctx, key_id)  # 404 when it is not this owner's key
+            # The caller's credentials are fine (so not a 401): the key's state forbids it.
+            if current["revoked_at"] is not None:
+                raise Conflict("A revoked API key cannot be rotated", code="API_KEY_REVOKED")
+            raise Conflict("An expired API key cannot be rotated", code="API_KEY_EXPIRED")
         await conn.execute(EXPIRE_OLD_SECRETS_SQL, ctx.owner_id, key_id, grace_ends)
         await conn.execute(INSERT_SECRET_SQL, digest(key), ctx.owner_id, key_id, None)
         await outbox.add(conn, ctx.event(EventType.API_KEY_ROTATED, _event_data(row), None))
@@ -176,10 +194,11 @@ async def rotate(
 
 
 async def revoke(conn: asyncpg.Connection, ctx: Context, key_id: uuid.UUID) -> asyncpg.Record:
+    """Revoke at once; revoking again answers the key as it is, with no second event."""
     async with conn.transaction():
         row = await conn.fetchrow(REVOKE_SQL, ctx.owner_id, key_id)
         if row is None:
-            raise NotFound("API key not found")
+            return await get(conn, ctx, key_id)  # already revoked, or 404 when not this owner's
         await outbox.add(conn, ctx.event(EventType.API_KEY_REVOKED, _event_data(row), None))
     return row
 

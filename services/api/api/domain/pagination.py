@@ -33,10 +33,10 @@ def decode_cursor(cursor: str | None) -> tuple[datetime, uuid.UUID]:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         stamp, row_id = json.loads(raw)
         created_at = datetime.fromisoformat(stamp)
-        if created_at.tzinfo is None:
-            raise ValueError("naive timestamp")
-        return created_at, uuid.UUID(row_id)
-    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
+        if created_at.tzinfo is None or not isinstance(row_id, str):
+            raise ValueError("not a cursor")
+        return created_at.astimezone(UTC), uuid.UUID(row_id)
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError, OverflowError, AttributeError):
         raise ValidationFailed(
             "The cursor is not valid",
             code="INVALID_CURSOR",
