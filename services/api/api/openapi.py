@@ -120,6 +120,9 @@ def build(routes: list[Any], base: str) -> dict[str, Any]:
                 if "apiKey" in route.access.kinds
                 else [{"bearerAuth": []}]
             )
+            if route.access.deferred:
+                # e.g. POST /2fa/verify with a tempToken in the body: no header credential at all.
+                op["security"].append({})
             if route.access.scope:
                 op["x-required-scope"] = route.access.scope
             op["x-credentials"] = sorted(route.access.kinds)

@@ -26,6 +26,14 @@ from api.domain.context import Context
 from api.domain.end_users import EndUser
 
 TOTP_CODE = re.compile(r"^\d{6}$")
+STATUS_SQL = """
+SELECT f.enabled_at IS NOT NULL AS totp,
+       (SELECT count(*) FROM backup_codes b
+        WHERE b.owner_id = u.owner_id AND b.end_user_id = u.id AND b.used_at IS NULL) AS backup_codes
+FROM end_users u
+LEFT JOIN totp_factors f ON f.owner_id = u.owner_id AND f.end_user_id = u.id
+WHERE u.owner_id = $1 AND u.external_id = $2
+"""
 ENABLED_METHODS_SQL = """
 SELECT 'totp' AS type, created_at, enabled_at, last_used_at FROM totp_factors
 WHERE owner_id = $1 AND end_user_id = $2 AND enabled_at IS NOT NULL
@@ -74,9 +82,10 @@ async def methods(conn: asyncpg.Connection, user: EndUser | None) -> list[dict[s
 
 
 async def status(conn: asyncpg.Connection, ctx: Context, external_id: str) -> dict[str, Any]:
-    user = await end_users.find(conn, ctx, external_id)
-    enabled = [m["type"] for m in await methods(conn, user)]
-    remaining = await backup_codes.remaining(conn, user) if user and enabled else 0
+    """Whether 2FA is on, with which methods, and how many backup codes are left: one query."""
+    row = await conn.fetchrow(STATUS_SQL, ctx.owner_id, external_id)
+    enabled = ["totp"] if row and row["totp"] else []
+    remaining = row["backup_codes"] if row and enabled else 0
     return {"enabled": bool(enabled), "methods": enabled, "backupCodesRemaining": remaining}
 
 
@@ -118,37 +127,44 @@ async def verify_setup(
     return {"enabled": True, "method": "totp", "backupCodes": codes}
 
 
+async def _accept(
+    conn: asyncpg.Connection, ctx: Context, user: EndUser, method: str, consume: Awaitable[bool]
+) -> bool:
+    """Consume the step or backup code and record `2fa.verified` in one transaction."""
+    async with conn.transaction():
+        if not await consume:
+            return False
+        data = TwoFactorData(userId=user.external_id, method=method)  # type: ignore[arg-type]
+        await outbox.add(conn, ctx.event(EventType.TWOFA_VERIFIED, data, user.external_id))
+    return True
+
+
 async def verify(
     conn: asyncpg.Connection, deps: Deps, ctx: Context, user: EndUser, code: str
 ) -> str:
     """Check a code for a user with 2FA on; returns the method that accepted it, or raises
     401 `INVALID_CODE` (after recording `2fa.failed`) or 429 when the user is locked."""
     check_code_format(code)
-    enabled = [m["type"] for m in await methods(conn, user)]
-    if not enabled:
+    factor = await totp.load(conn, deps.box, user)
+    if factor is None or not factor.enabled:
         raise ValidationFailed("Two-factor authentication is not enabled for this user", code="TWO_FACTOR_NOT_ENABLED")
     attempt = await lockout.begin(deps.cache, deps.settings, user)
     is_totp = bool(TOTP_CODE.match(code))
     method = "totp" if is_totp else "backup_code"
     reason, details = "invalid_code", {}
     message = "The code is not valid"
-    async with conn.transaction():
-        accepted = False
-        if is_totp:
-            factor = await totp.load(conn, deps.box, user)
-            step = totp.matching_step(factor.secret, code) if factor and factor.enabled else None
-            if step is not None:
-                accepted = await totp.consume_step(conn, user, step)
-                if not accepted:
-                    reason, message = "replayed", "This code was already used; wait for the next one"
-            elif factor is not None and (skew := totp.clock_skew_steps(factor.secret, code)) is not None:
-                reason = "clock_skew"
-                message, details = _skew_message(skew)
-        else:
-            accepted = await backup_codes.consume(conn, deps.box, user, code)
-        if accepted:
-            data = TwoFactorData(userId=user.external_id, method=method)  # type: ignore[arg-type]
-            await outbox.add(conn, ctx.event(EventType.TWOFA_VERIFIED, data, user.external_id))
+    accepted = False
+    if is_totp:
+        step = totp.matching_step(factor.secret, code)
+        if step is not None:
+            accepted = await _accept(conn, ctx, user, method, totp.consume_step(conn, user, step))
+            if not accepted:
+                reason, message = "replayed", "This code was already used; wait for the next one"
+        elif (skew := totp.clock_skew_steps(factor.secret, code)) is not None:
+            reason = "clock_skew"
+            message, details = _skew_message(skew)
+    else:
+        accepted = await _accept(conn, ctx, user, method, backup_codes.consume(conn, deps.box, user, code))
     if accepted:
         await lockout.succeeded(deps.cache, attempt)
         return method
