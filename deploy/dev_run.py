@@ -115,6 +115,8 @@ async def run_services() -> int:
         procs[name] = await asyncio.create_subprocess_exec(
             sys.executable, "-m", module, cwd=ROOT,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            # Own session: Ctrl-C reaches only this launcher, which stops each service once.
+            start_new_session=True,
         )
     pipes = [asyncio.create_task(_pipe(n, p.stdout)) for n, p in procs.items() if p.stdout]
     stop = asyncio.Event()

@@ -49,6 +49,8 @@ class Settings(BaseSettings):
 
     # HTTP
     PORT: int = Field(default=3001, ge=0, le=65535)
+    # Worker processes sharing the API's listening socket (one per core is a good start).
+    API_WORKERS: int = Field(default=1, ge=1, le=64)
     HOST: str = "0.0.0.0"
     CORS_ORIGINS: Annotated[list[str], NoDecode] = Field(default_factory=list)
     MAX_BODY_BYTES: int = Field(default=64 * 1024, ge=1024)

@@ -25,9 +25,6 @@ UPDATE backup_codes SET used_at = now()
 WHERE owner_id = $1 AND end_user_id = $2 AND code_hash = $3 AND used_at IS NULL
 RETURNING 1
 """
-REMAINING_SQL = """
-SELECT count(*) FROM backup_codes WHERE owner_id = $1 AND end_user_id = $2 AND used_at IS NULL
-"""
 
 
 def normalise(code: str) -> str:
@@ -57,10 +54,6 @@ async def consume(conn: asyncpg.Connection, box: SecretBox, user: EndUser, code:
     """Use a code once; False when it is unknown or already used (atomic under races)."""
     digest = box.keyed_hash(normalise(code))
     return await conn.fetchval(CONSUME_SQL, user.owner_id, user.id, digest) is not None
-
-
-async def remaining(conn: asyncpg.Connection, user: EndUser) -> int:
-    return await conn.fetchval(REMAINING_SQL, user.owner_id, user.id)
 
 
 async def delete_all(conn: asyncpg.Connection, user: EndUser) -> None:
