@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import time
+import uuid
 from dataclasses import dataclass
 
 import asyncpg
@@ -48,6 +49,13 @@ UPDATE totp_factors SET last_used_step = $3, last_used_at = now()
 WHERE owner_id = $1 AND end_user_id = $2 AND enabled_at IS NOT NULL
   AND (last_used_step IS NULL OR last_used_step < $3)
 RETURNING 1
+"""
+GET_WITH_USER_SQL = """
+SELECT u.id, u.external_id, u.device_generation,
+       f.secret_ciphertext, f.enabled_at, f.last_used_step, f.last_used_at, f.created_at
+FROM end_users u
+LEFT JOIN totp_factors f ON f.owner_id = u.owner_id AND f.end_user_id = u.id
+WHERE u.owner_id = $1 AND u.external_id = $2
 """
 DELETE_SQL = "DELETE FROM totp_factors WHERE owner_id = $1 AND end_user_id = $2 RETURNING enabled_at"
 
@@ -116,6 +124,20 @@ async def load(conn: asyncpg.Connection, box: SecretBox, user: EndUser) -> Facto
         return None
     secret = box.decrypt(row["secret_ciphertext"], user.aad).decode()
     return Factor(secret, row["enabled_at"] is not None, row["last_used_step"], row)
+
+
+async def load_with_user(
+    conn: asyncpg.Connection, box: SecretBox, owner_id: uuid.UUID, external_id: str
+) -> tuple[EndUser | None, Factor | None]:
+    """The owner's end user and its TOTP factor in one round trip (the verify hot path)."""
+    row = await conn.fetchrow(GET_WITH_USER_SQL, owner_id, external_id)
+    if row is None:
+        return None, None
+    user = EndUser(row["id"], owner_id, row["external_id"], row["device_generation"])
+    if row["secret_ciphertext"] is None:
+        return user, None
+    secret = box.decrypt(row["secret_ciphertext"], user.aad).decode()
+    return user, Factor(secret, row["enabled_at"] is not None, row["last_used_step"], row)
 
 
 async def enable(conn: asyncpg.Connection, user: EndUser, step: int) -> bool:

@@ -140,13 +140,13 @@ async def _accept(
 
 
 async def verify(
-    conn: asyncpg.Connection, deps: Deps, ctx: Context, user: EndUser, code: str
-) -> str:
-    """Check a code for a user with 2FA on; returns the method that accepted it, or raises
-    401 `INVALID_CODE` (after recording `2fa.failed`) or 429 when the user is locked."""
+    conn: asyncpg.Connection, deps: Deps, ctx: Context, external_id: str, code: str
+) -> tuple[str, EndUser]:
+    """Check a code for a user with 2FA on; returns the method that accepted it and the user,
+    or raises 401 `INVALID_CODE` (after recording `2fa.failed`) or 429 when locked."""
     check_code_format(code)
-    factor = await totp.load(conn, deps.box, user)
-    if factor is None or not factor.enabled:
+    user, factor = await totp.load_with_user(conn, deps.box, ctx.owner_id, external_id)
+    if user is None or factor is None or not factor.enabled:
         raise ValidationFailed("Two-factor authentication is not enabled for this user", code="TWO_FACTOR_NOT_ENABLED")
     attempt = await lockout.begin(deps.cache, deps.settings, user)
     is_totp = bool(TOTP_CODE.match(code))
@@ -167,7 +167,7 @@ async def verify(
         accepted = await _accept(conn, ctx, user, method, backup_codes.consume(conn, deps.box, user, code))
     if accepted:
         await lockout.succeeded(deps.cache, attempt)
-        return method
+        return method, user
     left = await lockout.failed(deps.cache, deps.settings, attempt)
     failed = TwoFactorFailedData(
         userId=user.external_id, method=method, reason=reason, attemptsRemaining=left  # type: ignore[arg-type]

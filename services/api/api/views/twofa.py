@@ -66,10 +66,7 @@ async def verify(request: web.Request) -> web.Response:
     external_id = subject_of(request, body.userId)
     ctx = context_of(request)
     async with request.app[POOL].acquire() as conn:
-        user = await end_users.find(conn, ctx, external_id)
-        if user is None:
-            raise ValidationFailed("Two-factor authentication is not enabled for this user", code="TWO_FACTOR_NOT_ENABLED")
-        method = await twofa.verify(conn, request.app[TWOFA], ctx, user, body.code)
+        method, _ = await twofa.verify(conn, request.app[TWOFA], ctx, external_id, body.code)
     return ok({"verified": True, "method": method, "userId": external_id})
 
 
@@ -86,10 +83,7 @@ async def _complete_login(request: web.Request, body: VerifyBody) -> web.Respons
     origin = origin_of(request)
     ctx = Context.for_account(account_id, origin)
     async with request.app[POOL].acquire() as conn:
-        user = await end_users.find(conn, ctx, str(account_id))
-        if user is None:
-            raise Unauthorized("The temporary token is invalid", code="INVALID_TOKEN")
-        method = await twofa.verify(conn, request.app[TWOFA], ctx, user, body.code)
+        method, user = await twofa.verify(conn, request.app[TWOFA], ctx, str(account_id), body.code)
         # One completion per temp token, also when two right codes race.
         if not await cache.client.set(used_key, 1, nx=True, ex=tokens.TEMP_TTL_SECONDS + 60):
             raise Unauthorized("This login step was already completed; log in again", code="TOKEN_USED")
@@ -126,10 +120,7 @@ async def disable_method(request: web.Request) -> web.Response:
 async def _confirm_owner(request: web.Request, conn, ctx, body: DisableMethodBody) -> None:  # type: ignore[no-untyped-def]
     """An account turning its own 2FA off proves it is really the owner: password or code."""
     if body.code:
-        user = await end_users.find(conn, ctx, str(ctx.owner_id))
-        if user is None:
-            raise Unauthorized("The code is not valid", code="INVALID_CODE")
-        await twofa.verify(conn, request.app[TWOFA], ctx, user, body.code)
+        await twofa.verify(conn, request.app[TWOFA], ctx, str(ctx.owner_id), body.code)
         return
     if body.password:
         account = await accounts.load(conn, ctx.owner_id)
