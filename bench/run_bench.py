@@ -8,6 +8,10 @@ account, runs each scenario (a short warm-up, then a measured wrk run), prints a
 bench/results/bench-<UTC time>.json (plus the services' logs next to it), then stops the services
 and deletes the database, the Redis keys and the broker objects it created.
 
+The 2FA verify scenarios first create an API key and enrol end users with TOTP through the API
+(concurrently), then send wrong codes (every answer should be 401) or right codes, each pair sent
+once (every answer should be 200). `--only` runs some of the scenarios.
+
 The process environment may point at other PostgreSQL/Redis/RabbitMQ servers (DATABASE_URL's
 server part, REDIS_*, RABBITMQ_URL); every other service setting is fixed here, and the services
 run in an empty working directory so no `.env` is read.
@@ -20,6 +24,7 @@ import asyncio
 import json
 import os
 import platform
+import random
 import resource
 import secrets
 import shutil
@@ -37,6 +42,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import aio_pika
+import aiohttp
+import pyotp
 
 from shared import db
 from shared.broker import Topology
@@ -65,6 +72,9 @@ SERVICES: dict[str, tuple[str, int] | None] = {
 # Where the dependencies are may come from the environment; nothing else does.
 INHERITED = ("REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD", "RABBITMQ_URL")
 SECRETS = ("JWT_ACCESS_SECRET", "JWT_REFRESH_SECRET", "DEVICE_TOKEN_SECRET", "ENCRYPTION_KEY")
+# Only the benchmark's API: wrong codes must reach the code check instead of the lockout.
+TWOFA_MAX_FAILURES = 1_000_000_000
+API_KEY_RATE_LIMIT = 1_000_000  # per hour, the most the API accepts
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # ignore http_proxy
 
@@ -77,15 +87,59 @@ class Scenario:
     connections: int
     script: str
     duration: int  # seconds measured (after the warm-up)
+    tags: frozenset[str] = frozenset()  # what --only selects it by (its name is one too)
+    expect: int | None = None  # the one right status; None: any status >= 400 is an error
+    variant: str = ""  # shown after the path in the tables
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} {self.path}" + (f" {self.variant}" if self.variant else "")
 
 
 def scenarios(duration: int, login_duration: int) -> list[Scenario]:
+    def plain(
+        name: str, method: str, path: str, conns: int, script: str, tag: str, secs: int
+    ) -> Scenario:
+        return Scenario(name, method, path, conns, script, secs, frozenset({tag}))
+
+    def verify(name: str, conns: int, expect: int, variant: str) -> Scenario:
+        path = "/api/2fa/verify"
+        tags = frozenset({"verify"})
+        return Scenario(name, "POST", path, conns, "verify.lua", duration, tags, expect, variant)
+
     return [
-        Scenario("health/live", "GET", "/api/health/live", 64, "health.lua", duration),
-        Scenario("auth/me", "GET", "/api/auth/me", 64, "me.lua", duration),
-        Scenario("auth/login", "POST", "/api/auth/login", 16, "login.lua", login_duration),
-        Scenario("auth/login", "POST", "/api/auth/login", 64, "login.lua", login_duration),
+        plain("health/live", "GET", "/api/health/live", 64, "health.lua", "health", duration),
+        plain("auth/me", "GET", "/api/auth/me", 64, "me.lua", "me", duration),
+        plain("auth/login", "POST", "/api/auth/login", 16, "login.lua", "login", login_duration),
+        plain("auth/login", "POST", "/api/auth/login", 64, "login.lua", "login", login_duration),
+        verify("verify-wrong", 16, 401, "(wrong code)"),
+        verify("verify-wrong", 64, 401, "(wrong code)"),
+        verify("verify-right", 16, 200, "(right code)"),
+        verify("verify-right", 64, 200, "(right code)"),
     ]
+
+
+def selectors(all_scenarios: list[Scenario]) -> list[str]:
+    found: list[str] = []
+    for s in all_scenarios:
+        for name in sorted(s.tags) + [s.name]:
+            if name not in found:
+                found.append(name)
+    return found
+
+
+def select(all_scenarios: list[Scenario], only: str | None) -> list[Scenario]:
+    """The scenarios named by `--only` (comma-separated tags or names), in the usual order."""
+    if not only:
+        return all_scenarios
+    wanted = {w.strip() for w in only.split(",") if w.strip()}
+    unknown = wanted - set(selectors(all_scenarios))
+    if unknown:
+        raise SystemExit(
+            f"--only: unknown {', '.join(sorted(unknown))}; "
+            f"choose from {', '.join(selectors(all_scenarios))}"
+        )
+    return [s for s in all_scenarios if wanted & (s.tags | {s.name})]
 
 
 # --------------------------------------------------------------------------- settings and system
@@ -104,6 +158,7 @@ def service_env() -> dict[str, str]:
         PORT=str(API_PORT),
         LOG_LEVEL="WARNING",
         BCRYPT_ROUNDS="12",
+        TWOFA_MAX_FAILURES=str(TWOFA_MAX_FAILURES),
         PYTHONUNBUFFERED="1",
     )
     for port in SERVICES.values():
@@ -342,6 +397,201 @@ def quiesce(meter: CpuMeter, limit: float = 120) -> float:
     return round(time.monotonic() - started, 1)
 
 
+# --------------------------------------------------------------------------- 2FA verify data
+
+STEP_SECONDS = 30  # TOTP time step (RFC 6238 default, as the API uses)
+WINDOW_STEPS = 1  # the API accepts the codes of the current step +-1
+SKEW_SEARCH_STEPS = 10  # and looks up to 10 steps away to report clock skew
+RUN_MARGIN_SECONDS = 5  # wrk start-up, reading the pairs, requests still in flight at the end
+MAX_RIGHT_SECONDS = 25  # a right-code run fits in the +-1 step window whenever it starts
+ESTIMATE_MARGIN = 1.25  # measured run sized for 1.25 x the warm-up's rate
+
+
+def step_at(t: float) -> int:
+    return int(t // STEP_SECONDS)
+
+
+@dataclass
+class Pool:
+    """End users with TOTP enabled, and the latest time step any of them may have used."""
+
+    name: str
+    secrets: dict[str, str]  # userId -> base32 secret
+    last_step: int = 0
+
+
+class Verify:
+    """What the /2fa/verify scenarios need: an API key and two pools of end users with TOTP on,
+    enrolled through the API, and the files of (userId, code) pairs that verify.lua reads.
+
+    - `small` (1,000 users by default): the wrong codes (scenario verify-wrong), any number per
+      user (TWOFA_MAX_FAILURES is raised for this API); also the right codes of the right-code
+      runs' warm-ups.
+    - `large` (10,000 by default): the right codes of the measured right-code runs, one per user
+      and run. A code is accepted once per user and step, and only for a step after the last one
+      the user used, so each run uses a step its users have not used yet and that stays within
+      the API's +-1 step window for the whole run (`right_pairs`).
+    """
+
+    def __init__(self, base: str, small: int, large: int, concurrency: int) -> None:
+        self.base = base
+        self.concurrency = concurrency
+        self.sizes = {"small": small, "large": large}
+        self.pools: dict[str, Pool] = {}
+        self.api_key = ""
+        self.dir = Path(tempfile.mkdtemp(prefix="tfa-bench-pairs-"))
+        self.files = 0
+        self.enrolment: dict[str, Any] = {}
+
+    def close(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    # ----- set-up
+
+    def create_key(self, token: str) -> None:
+        status, body = http(
+            "POST",
+            f"{self.base}/api/api-keys",
+            {"name": "bench", "scopes": ["2fa:read", "2fa:write"], "rateLimit": API_KEY_RATE_LIMIT},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        if status != 201 or not isinstance(body, dict) or "apiKey" not in body.get("data", {}):
+            raise RuntimeError(f"API key creation failed: {status} {body}")
+        self.api_key = str(body["data"]["apiKey"])
+
+    def enrol(self) -> dict[str, Any]:
+        """Set up and confirm TOTP for every user of both pools, `concurrency` users at a time.
+        Each is confirmed with the code of the step *before* the current one, so its current
+        step stays unused."""
+        ids = [(pool, f"bench-{pool}-{i:05d}") for pool, n in self.sizes.items() for i in range(n)]
+        started = time.monotonic()
+        secrets_by_pool, last_step, retries = asyncio.run(self._enrol(ids))
+        seconds = time.monotonic() - started
+        for name in self.sizes:
+            self.pools[name] = Pool(name, secrets_by_pool[name], last_step[name])
+        self.enrolment = {
+            "users": len(ids),
+            "pools": dict(self.sizes),
+            "concurrency": self.concurrency,
+            "seconds": round(seconds, 1),
+            "users_per_second": round(len(ids) / seconds, 1),
+            "requests": 2 * len(ids) + retries,
+            "confirm_retries": retries,
+        }
+        return self.enrolment
+
+    async def _enrol(
+        self, ids: list[tuple[str, str]]
+    ) -> tuple[dict[str, dict[str, str]], dict[str, int], int]:
+        found: dict[str, dict[str, str]] = {name: {} for name in self.sizes}
+        last_step = dict.fromkeys(self.sizes, 0)
+        retries = 0
+        todo = iter(ids)
+        headers = {"X-API-Key": self.api_key}
+        timeout = aiohttp.ClientTimeout(total=120)
+        connector = aiohttp.TCPConnector(limit=self.concurrency)
+
+        async def call(session: aiohttp.ClientSession, path: str, body: Any) -> tuple[int, Any]:
+            async with session.post(f"{self.base}{path}", json=body, headers=headers) as r:
+                return r.status, await r.json(content_type=None)
+
+        async def one(session: aiohttp.ClientSession, pool: str, user_id: str) -> None:
+            nonlocal retries
+            status, body = await call(session, "/api/2fa/totp/setup", {"userId": user_id})
+            if status != 200:
+                raise RuntimeError(f"TOTP setup of {user_id}: {status} {body}")
+            secret = body["data"]["secret"]
+            totp = pyotp.TOTP(secret)
+            for attempt in range(3):
+                step = step_at(time.time()) - 1
+                code = totp.generate_otp(step)
+                status, body = await call(
+                    session, "/api/2fa/totp/verify-setup", {"userId": user_id, "code": code}
+                )
+                if status == 200:
+                    break
+                # 400 INVALID_CODE: the step moved on between the code and the check; again.
+                if status != 400 or attempt == 2:
+                    raise RuntimeError(f"TOTP verify-setup of {user_id}: {status} {body}")
+                retries += 1
+            found[pool][user_id] = secret
+            last_step[pool] = max(last_step[pool], step)
+
+        async def worker(session: aiohttp.ClientSession) -> None:
+            for pool, user_id in todo:
+                await one(session, pool, user_id)
+
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+            await asyncio.gather(*(worker(session) for _ in range(self.concurrency)))
+        return found, last_step, retries
+
+    # ----- pairs for wrk
+
+    def _write(self, lines: list[str]) -> Path:
+        self.files += 1
+        path = self.dir / f"pairs-{self.files}.txt"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def wrong_pairs(self) -> tuple[Path, dict[str, Any]]:
+        """One wrong code per small-pool user: a code that none of the steps the API could
+        compare it with during the next minutes (the window and the skew search) produces."""
+        pool = self.pools["small"]
+        now = step_at(time.time())
+        spread = SKEW_SEARCH_STEPS + 5
+        lines = []
+        for user_id, secret in pool.secrets.items():
+            totp = pyotp.TOTP(secret)
+            taken = {totp.generate_otp(s) for s in range(now - spread, now + spread + 1)}
+            code = f"{random.randrange(10**6):06d}"
+            while code in taken:
+                code = f"{random.randrange(10**6):06d}"
+            lines.append(f"{user_id} {code}")
+        random.shuffle(lines)
+        return self._write(lines), {"pool": "small", "pairs": len(lines), "mode": "cycle"}
+
+    def right_pairs(self, pool_name: str, seconds: int) -> tuple[Path, dict[str, Any]]:
+        """One right code per user of the pool, all for one step T: the current step, or a
+        later one if the pool's users already used it (a code is accepted only for a step after
+        the user's last), such that the API accepts the codes during the whole run
+        (T-1 <= the API's step <= T+1 from now until `seconds` + a margin from now; runs are at
+        most MAX_RIGHT_SECONDS long, so there is always one). Waits for the next step if none
+        fits yet (only when a third run on one pool would start within one step)."""
+        pool = self.pools[pool_name]
+        while True:
+            now = time.time()
+            ends = step_at(now + seconds + RUN_MARGIN_SECONDS)
+            target = max(pool.last_step + 1, step_at(now), ends - WINDOW_STEPS)
+            if target <= step_at(now) + WINDOW_STEPS:
+                break
+            wait = (target - WINDOW_STEPS) * STEP_SECONDS - now + 0.05
+            print(f"    waiting {wait:.0f} s for the next TOTP step", flush=True)
+            time.sleep(wait)
+        lines = [
+            f"{user_id} {pyotp.TOTP(secret).generate_otp(target)}"
+            for user_id, secret in pool.secrets.items()
+        ]
+        random.shuffle(lines)
+        pool.last_step = target  # whether or not every pair gets used
+        info = {
+            "pool": pool_name,
+            "pairs": len(lines),
+            "mode": "once",
+            "step": target,
+            "step_offset_at_start": target - step_at(now),
+            "seconds_left_in_window": round((target + WINDOW_STEPS + 1) * STEP_SECONDS - now, 1),
+        }
+        return self._write(lines), info
+
+    def env(self, path: Path, mode: str, expect: int) -> dict[str, str]:
+        return {
+            "BENCH_API_KEY": self.api_key,
+            "BENCH_PAIRS": str(path),
+            "BENCH_PAIRS_MODE": mode,
+            "BENCH_EXPECT": str(expect),
+        }
+
+
 # --------------------------------------------------------------------------- wrk
 
 
@@ -353,9 +603,11 @@ def wrk_version() -> str:
 def run_wrk(
     scenario: Scenario, seconds: int, threads: int, timeout: int, env: dict[str, str]
 ) -> tuple[dict[str, Any], str]:
+    threads = min(threads, scenario.connections)
+    env = {**env, "BENCH_THREADS": str(threads)}  # verify.lua splits the pairs between threads
     cmd = [
         "wrk",
-        f"-t{min(threads, scenario.connections)}",
+        f"-t{threads}",
         f"-c{scenario.connections}",
         f"-d{seconds}s",
         f"--timeout={timeout}s",
@@ -379,20 +631,47 @@ def run_wrk(
 
 
 def summarise(raw: dict[str, Any]) -> dict[str, Any]:
+    """The figures of one wrk run. `unexpected` counts the responses with a wrong status: any
+    status >= 400 (wrk's "non-2xx"), or, for a script that counts statuses (verify.lua), any
+    status but the one expected. A run whose pairs ran out (threads stopped early) is rated over
+    the time its requests were actually sent in, not over wrk's whole duration."""
     seconds = raw["duration_us"] / 1e6
     errors = raw["errors"]
     socket_errors = errors["connect"] + errors["read"] + errors["write"] + errors["timeout"]
     lat = raw["latency_us"]
-    return {
+    extra = raw.get("extra") or {}
+    statuses = {int(k): v for k, v in extra.get("statuses", {}).items()}
+    if "expect" in extra:
+        unexpected = sum(n for status, n in statuses.items() if status != extra["expect"])
+    else:
+        unexpected = errors["status"]
+    rated_seconds = seconds
+    if extra.get("exhausted_threads") and extra.get("last_response_us", 0) > extra.get(
+        "first_request_us", 0
+    ):
+        rated_seconds = (extra["last_response_us"] - extra["first_request_us"]) / 1e6
+    summary = {
         "requests": raw["requests"],
         "seconds": round(seconds, 2),
-        "requests_per_second": round(raw["requests"] / seconds, 1) if seconds else 0.0,
+        "requests_per_second": round(raw["requests"] / rated_seconds, 1) if rated_seconds else 0.0,
         "latency_ms": {k: round(v / 1000, 2) for k, v in lat.items()},
         "non_2xx": errors["status"],
+        "unexpected": unexpected,
         "socket_errors": socket_errors,
-        "errors_total": errors["status"] + socket_errors,
+        "errors_total": unexpected + socket_errors,
         "wrk_errors": errors,
     }
+    if extra:
+        summary["statuses"] = {str(k): v for k, v in sorted(statuses.items())}
+        summary["expected_status"] = extra.get("expect")
+        summary["pairs"] = extra.get("pairs")
+        summary["pairs_taken"] = extra.get("sent")
+        summary["exhausted_threads"] = extra.get("exhausted_threads", 0)
+        if summary["exhausted_threads"]:
+            summary["rated_seconds"] = round(rated_seconds, 2)
+        if extra.get("unexpected_sample"):
+            summary["unexpected_sample"] = extra["unexpected_sample"]
+    return summary
 
 
 # --------------------------------------------------------------------------- main
@@ -447,24 +726,35 @@ def cpu_model() -> str:
 
 
 def print_table(results: list[dict[str, Any]]) -> None:
+    width = max([len("scenario")] + [len(r["label"]) for r in results])
     print()
     head = (
-        f"{'scenario':<22} {'conns':>5} {'requests/s':>11} {'p50 ms':>9} {'p99 ms':>9} "
-        f"{'errors/non-2xx':>15}"
+        f"{'scenario':<{width}} {'conns':>5} {'requests':>9} {'requests/s':>11} {'p50 ms':>9} "
+        f"{'p99 ms':>9} {'errors/bad status':>18}"
     )
     print(head)
     print("-" * len(head))
     for r in results:
         s = r["result"]
-        name = f"{r['method']} {r['path']}"
+        rate = f"{s['requests_per_second']:.1f}" + ("*" if s.get("exhausted_threads") else "")
         print(
-            f"{name:<22} {r['connections']:>5} {s['requests_per_second']:>11.1f} "
+            f"{r['label']:<{width}} {r['connections']:>5} {s['requests']:>9} {rate:>11} "
             f"{s['latency_ms']['p50']:>9.2f} {s['latency_ms']['p99']:>9.2f} "
-            f"{s['socket_errors']:>6}/{s['non_2xx']:<8}"
+            f"{s['socket_errors']:>9}/{s['unexpected']:<8}"
+        )
+    print(
+        "(errors = socket errors (connect/read/write/timeout); bad status = status >= 400, or "
+        "for 2fa/verify any status but the expected one: 401 for wrong codes, 200 for right "
+        "codes)"
+    )
+    if any(r["result"].get("exhausted_threads") for r in results):
+        print(
+            "(* the run's pairs ran out before its end: the rate is over the time they lasted, "
+            "and its CPU figures below are averaged over the whole run, so they are too low)"
         )
     print()
     head = (
-        f"{'CPU, cores used':<22} {'conns':>5} {'api':>6} {'consumers':>10} {'postgres':>9} "
+        f"{'CPU, cores used':<{width}} {'conns':>5} {'api':>6} {'consumers':>10} {'postgres':>9} "
         f"{'redis':>6} {'rabbitmq':>9} {'wrk':>6} {'other':>6} {'machine':>8}"
     )
     print(head)
@@ -472,9 +762,9 @@ def print_table(results: list[dict[str, Any]]) -> None:
     for r in results:
         c = r["cpu_cores"]
         print(
-            f"{r['path']:<22} {r['connections']:>5} {c['api']:>6.2f} {c['consumers']:>10.2f} "
-            f"{c['postgres']:>9.2f} {c['redis']:>6.2f} {c['rabbitmq']:>9.2f} {c['wrk']:>6.2f} "
-            f"{c['other']:>6.2f} {c['machine']:>8.2f}"
+            f"{r['label']:<{width}} {r['connections']:>5} {c['api']:>6.2f} "
+            f"{c['consumers']:>10.2f} {c['postgres']:>9.2f} {c['redis']:>6.2f} "
+            f"{c['rabbitmq']:>9.2f} {c['wrk']:>6.2f} {c['other']:>6.2f} {c['machine']:>8.2f}"
         )
     print(
         f"(cores: 1.00 = one core busy for the whole run; this machine has {os.cpu_count()}. "
@@ -488,34 +778,124 @@ def elsewhere(cpu: dict[str, Any]) -> str:
     return busiest or "short-lived processes or the kernel"
 
 
+def start_profile(
+    args: argparse.Namespace, system: System, scenario: Scenario, seconds: int
+) -> tuple[subprocess.Popen[bytes], Path] | None:
+    """With --profile: py-spy samples the API process during the measured run, into a file of
+    collapsed stacks (one line per stack and its sample count; flamegraph.pl or speedscope
+    read it). Idle time (waiting in epoll) is not sampled."""
+    if not args.profile:
+        return None
+    name = f"{scenario.name.replace('/', '-')}-c{scenario.connections}"
+    out = args.profile_dir / f"api-{name}.txt"
+    pid = str(system.pids()["api"])
+    cmd = [args.py_spy, "record", "--pid", pid, "--duration", str(seconds), "--rate", "200"]
+    cmd += ["--format", "raw", "--output", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return proc, out
+
+
+def finish_profile(profiler: tuple[subprocess.Popen[bytes], Path] | None) -> str | None:
+    if profiler is None:
+        return None
+    proc, out = profiler
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    if not out.exists():
+        print(f"    py-spy wrote no profile: {err.decode(errors='replace')[-500:]}", flush=True)
+        return None
+    print(f"    profile of the API: {out.relative_to(ROOT)}", flush=True)
+    return str(out.relative_to(ROOT))
+
+
+def verify_phase(
+    scenario: Scenario, verify: Verify, phase: str, seconds: int, warm: dict[str, Any] | None
+) -> tuple[dict[str, str], int, dict[str, Any]]:
+    """The pairs file (written now, just before the run) and the duration of one run of a verify
+    scenario. Wrong codes: the small pool, round and round. Right codes: the warm-up uses the
+    small pool, the measured run the large one; each pair once. The measured run is shortened
+    if the warm-up's rate says it would run out of pairs (verify.lua also stops a thread whose
+    pairs are used up, and the rate is then taken over the time actually used)."""
+    assert scenario.expect is not None
+    if scenario.expect != 200:
+        path, info = verify.wrong_pairs()
+        return verify.env(path, "cycle", scenario.expect), seconds, info
+    pool = "small" if phase == "warm-up" else "large"
+    planned = seconds
+    seconds = min(seconds, MAX_RIGHT_SECONDS)
+    if phase == "measured" and warm is not None:
+        rate = warm["requests_per_second"]
+        if rate > 0:
+            fits = int(len(verify.pools[pool].secrets) / (rate * ESTIMATE_MARGIN))
+            seconds = max(1, min(seconds, fits))
+    path, info = verify.right_pairs(pool, seconds)
+    info["planned_seconds"], info["seconds"] = planned, seconds
+    return verify.env(path, "once", scenario.expect), seconds, info
+
+
 def measure(
     scenario: Scenario,
     meter: CpuMeter,
     system: System,
     args: argparse.Namespace,
     wrk_env: dict[str, str],
+    verify: Verify | None = None,
 ) -> dict[str, Any]:
     """Warm up, wait for the system to idle, run wrk for the scenario's duration, print a line."""
-    label = f"{scenario.method} {scenario.path} c={scenario.connections}"
+    label = f"{scenario.label} c={scenario.connections}"
+    warm: dict[str, Any] | None = None
+    pairs: dict[str, Any] = {}
     if args.warmup:
-        print(f"  {label}: warm-up {args.warmup} s ...", flush=True)
-        run_wrk(scenario, args.warmup, args.threads, args.timeout, wrk_env)
+        env, seconds = wrk_env, args.warmup
+        if verify:
+            env_add, seconds, pairs["warm-up"] = verify_phase(
+                scenario, verify, "warm-up", seconds, None
+            )
+            env = {**wrk_env, **env_add}
+        print(f"  {label}: warm-up {seconds} s ...", flush=True)
+        warm = summarise(run_wrk(scenario, seconds, args.threads, args.timeout, env)[0])
+        if verify:
+            print(
+                f"    warm-up: {warm['requests']} requests, {warm['requests_per_second']:.0f} "
+                f"req/s, statuses {warm.get('statuses')}",
+                flush=True,
+            )
     waited = quiesce(meter)
     system.check_alive()
-    print(f"  {label}: measuring {scenario.duration} s ...", flush=True)
+    env, seconds = wrk_env, scenario.duration
+    if verify:
+        env_add, seconds, pairs["measured"] = verify_phase(
+            scenario, verify, "measured", seconds, warm
+        )
+        env = {**wrk_env, **env_add}
+    print(f"  {label}: measuring {seconds} s ...", flush=True)
+    profiler = start_profile(args, system, scenario, seconds)
     before = meter.snapshot()
-    raw, human = run_wrk(scenario, scenario.duration, args.threads, args.timeout, wrk_env)
+    raw, human = run_wrk(scenario, seconds, args.threads, args.timeout, env)
     cpu = meter.usage(before, meter.snapshot(), top=5)
+    profile = finish_profile(profiler)
     system.check_alive()
     summary = summarise(raw)
     latency = summary["latency_ms"]
     print(
         f"    {summary['requests_per_second']:.1f} req/s, p50 {latency['p50']} ms, "
         f"p99 {latency['p99']} ms, {summary['requests']} requests, errors "
-        f"{summary['socket_errors']} socket / {summary['non_2xx']} non-2xx; "
-        f"CPU api {cpu['api']} wrk {cpu['wrk']} machine {cpu['machine']} cores",
+        f"{summary['socket_errors']} socket / {summary['unexpected']} bad status"
+        + (f" (statuses {summary['statuses']})" if "statuses" in summary else "")
+        + f"; CPU api {cpu['api']} wrk {cpu['wrk']} machine {cpu['machine']} cores",
         flush=True,
     )
+    if summary.get("exhausted_threads"):
+        print(
+            f"    note: the pairs ran out in {summary['exhausted_threads']} thread(s); the rate "
+            f"is over the {summary['rated_seconds']} s they lasted",
+            flush=True,
+        )
+    if summary.get("unexpected_sample"):
+        print(f"    first unexpected answer: {summary['unexpected_sample']}", flush=True)
     if cpu["other"] > 0.2:
         print(
             f"    warning: {cpu['other']} cores went elsewhere ({elsewhere(cpu)}); "
@@ -523,20 +903,32 @@ def measure(
             flush=True,
         )
     quiesce(meter)  # drain in-flight work (abandoned logins, events) before the next scenario
-    return {
+    result = {
         "scenario": scenario.name,
+        "label": scenario.label,
         "method": scenario.method,
         "path": scenario.path,
         "connections": scenario.connections,
         "threads": min(args.threads, scenario.connections),
         "warmup_seconds": args.warmup,
-        "duration_seconds": scenario.duration,
+        "duration_seconds": seconds,
         "quiesce_seconds_before": waited,
         "result": summary,
         "cpu_cores": cpu,
         "wrk": raw,
         "wrk_output": human,
     }
+    if profile:
+        result["profile"] = profile
+    if scenario.expect is not None:
+        result["expected_status"] = scenario.expect
+    if pairs:
+        result["pairs"] = pairs
+    if warm is not None and verify:
+        result["warmup_result"] = {
+            k: warm[k] for k in ("requests", "requests_per_second", "statuses", "unexpected")
+        }
+    return result
 
 
 def main() -> int:
@@ -559,7 +951,42 @@ def main() -> int:
     parser.add_argument(
         "--timeout", type=int, default=30, help="wrk per-request timeout in seconds (default 30)"
     )
+    every = scenarios(12, 15)
+    parser.add_argument(
+        "--only",
+        metavar="NAMES",
+        help="run only these scenarios, comma-separated: " + ", ".join(selectors(every)),
+    )
+    parser.add_argument(
+        "--wrong-users",
+        type=int,
+        default=1000,
+        help="end users sent wrong codes (and the right-code warm-ups' users; default 1000)",
+    )
+    parser.add_argument(
+        "--right-users",
+        type=int,
+        default=10000,
+        help="end users sent right codes, one per user and run (default 10000)",
+    )
+    parser.add_argument(
+        "--enrol-concurrency",
+        type=int,
+        default=64,
+        help="end users enrolled at a time (default 64)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample the API with py-spy during each measured run (its figures are then "
+        "disturbed; see bench/README.md)",
+    )
     args = parser.parse_args()
+    chosen = select(scenarios(args.duration, args.login_duration), args.only)
+    args.py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if args.profile and not os.access(args.py_spy, os.X_OK):
+        print("--profile needs py-spy: .venv/bin/pip install py-spy", file=sys.stderr)
+        return 1
 
     if shutil.which("wrk") is None:
         print(
@@ -589,6 +1016,9 @@ def main() -> int:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     RESULTS.mkdir(parents=True, exist_ok=True)
     log_dir = RESULTS / f"logs-{stamp}"
+    args.profile_dir = RESULTS / f"profile-{stamp}"
+    if args.profile:
+        args.profile_dir.mkdir(parents=True)
     base = f"http://{HOST}:{API_PORT}"
     system = System(env, log_dir)
 
@@ -598,6 +1028,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_term)
     results: list[dict[str, Any]] = []
     idle: dict[str, Any] = {}
+    verify: Verify | None = None
     try:
         asyncio.run(cleanup_resources(settings))  # leftovers of an interrupted run
         applied = asyncio.run(prepare(settings))
@@ -633,16 +1064,48 @@ def main() -> int:
             flush=True,
         )
 
-        for scenario in scenarios(args.duration, args.login_duration):
+        for scenario in chosen:
             if scenario.script == "me.lua":
                 wrk_env["BENCH_ACCESS_TOKEN"] = access_token(base, account)
-            results.append(measure(scenario, meter, system, args, wrk_env))
+            if scenario.expect is not None and verify is None:
+                verify = Verify(base, args.wrong_users, args.right_users, args.enrol_concurrency)
+                verify.create_key(access_token(base, account))
+                print(
+                    f"enrolling {args.wrong_users} + {args.right_users} end users with TOTP "
+                    f"(setup + verify-setup, {args.enrol_concurrency} at a time) ...",
+                    flush=True,
+                )
+                try:
+                    enrolment = verify.enrol()
+                except (TimeoutError, aiohttp.ClientError) as exc:
+                    time.sleep(2)
+                    system.check_alive()  # a service that died says so, with its log's tail
+                    raise RuntimeError(f"enrolment failed: {exc!r}") from exc
+                enrolment["quiesce_seconds_after"] = quiesce(meter)
+                print(
+                    f"  enrolled {enrolment['users']} in {enrolment['seconds']} s "
+                    f"({enrolment['users_per_second']} users/s, {enrolment['requests']} "
+                    f"requests); system idle again after {enrolment['quiesce_seconds_after']} s",
+                    flush=True,
+                )
+            results.append(
+                measure(
+                    scenario,
+                    meter,
+                    system,
+                    args,
+                    wrk_env,
+                    verify if scenario.expect is not None else None,
+                )
+            )
     except KeyboardInterrupt:
         print("interrupted; stopping", file=sys.stderr)
         return 130
     finally:
         system.stop()
         asyncio.run(cleanup_resources(settings))
+        if verify is not None:
+            verify.close()
 
     print_table(results)
     report = {
@@ -666,12 +1129,16 @@ def main() -> int:
             "log_level": settings.LOG_LEVEL,
             "wrk_threads": args.threads,
             "wrk_timeout_seconds": args.timeout,
+            "twofa_max_failures": settings.TWOFA_MAX_FAILURES,
+            "profiled_with_py_spy": args.profile,
         },
         "notes": "cpu_cores: average cores used during the measured run (1.0 = one core); "
         "latency_ms from wrk's HdrHistogram of completed requests",
         "idle_cpu_cores": idle,
         "scenarios": results,
     }
+    if verify is not None:
+        report["verify_enrolment"] = verify.enrolment
     out = RESULTS / f"bench-{stamp}.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"results written to {out.relative_to(ROOT)}")
