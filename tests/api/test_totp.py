@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 import urllib.parse
 
 import asyncpg
+import jwt
 import pyotp
 import pytest
 
@@ -325,3 +327,42 @@ async def test_disabling_needs_the_password_or_a_code_with_a_user_token(client):
     r = await client.delete("/api/2fa/methods/totp", headers=account.auth, json={"password": PASSWORD})
     assert r.status == 404
     assert await error_code(r) == "METHOD_NOT_ENABLED"
+
+
+async def test_an_expired_temp_token_is_refused(client, settings):
+    account = await new_account(client)
+    enabled = await enable_totp(client, account.auth)
+    expired = jwt.encode(
+        {"sub": account.id, "typ": "temp", "iat": int(time.time()) - 600, "exp": int(time.time()) - 300, "jti": "x"},
+        settings.JWT_ACCESS_SECRET, algorithm="HS256",
+    )
+    r = await client.post("/api/2fa/verify", json={"tempToken": expired, "code": code_at(enabled["secret"])})
+    assert r.status == 401
+    assert await error_code(r) == "TOKEN_EXPIRED"
+
+
+async def test_a_temp_token_only_accepts_its_own_accounts_code(client):
+    alice, bob = await new_account(client), await new_account(client)
+    await enable_totp(client, alice.auth)
+    bobs = await enable_totp(client, bob.auth)
+    r = await client.post("/api/auth/login", json={"emailOrUsername": alice.username, "password": PASSWORD})
+    alice_temp = (await r.json())["tempToken"]
+    for code in (code_at(bobs["secret"]), bobs["backupCodes"][0]):
+        r = await client.post("/api/2fa/verify", json={"tempToken": alice_temp, "code": code})
+        assert r.status == 401
+        assert await error_code(r) == "INVALID_CODE"
+
+
+async def test_disabling_emits_2fa_disabled_with_the_apps_user_id(client, settings):
+    account = await new_account(client)
+    key = {"X-API-Key": (await create_key(client, account))["apiKey"]}
+    user_id = random_user_id()
+    await enable_totp(client, key, user_id)
+    async with watch_events(settings, pattern="2fa.disabled") as watcher:
+        r = await client.delete("/api/2fa/methods/totp", headers=key, params={"userId": user_id})
+        assert r.status == 200, await r.text()
+        await watcher.wait_for(lambda evs: any(e.userId == user_id for e in evs))
+    assert watcher.events[-1].data == {"userId": user_id, "method": "totp"}
+    r = await client.get("/api/2fa/status", headers=key, params={"userId": user_id})
+    assert await r.json() == {**(body := await r.json()), "enabled": False, "methods": []}
+    assert body["backupCodesRemaining"] == 0
