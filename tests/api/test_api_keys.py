@@ -18,6 +18,9 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
+from api.domain import rate_limit
+from api.keys import CACHE
+
 from tests.api_client import create_key, error_code, new_account
 
 RATE_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
@@ -839,3 +842,21 @@ async def test_api_key_routes_need_a_credential(client):
     r = await client.get("/api/api-keys")
     assert r.status == 401, await r.text()
 
+
+
+async def test_flushed_last_used_stamps_leave_redis_and_get_still_shows_them(app_factory, db):
+    """Once stored in the database, a key's stamp is dropped from Redis (the hash stays small)."""
+    client = await app_factory(API_KEY_LAST_USED_FLUSH_SECONDS=0.2)
+    cache = client.server.app[CACHE]
+    account = await new_account(client)
+    key = await create_key(client, account, scopes=["user:read"])
+    r = await client.get(ME, headers=with_key(key["apiKey"]))
+    assert r.status == 200, await r.text()
+    await poll(lambda: last_used_in_db(db, key["id"]))
+
+    async def gone() -> bool:
+        return await cache.client.hget(rate_limit.last_used_key(cache), key["id"]) is None
+
+    await poll(gone)
+    r = await client.get(f"/api/api-keys/{key['id']}", headers=account.auth)
+    assert (await r.json())["lastUsedAt"] is not None

@@ -113,6 +113,7 @@ async def flush_last_used(app: web.Application) -> None:
     }
     async with app[POOL].acquire() as conn:
         await api_keys.flush_last_used(conn, values)
+    await rate_limit.forget_flushed_last_used(cache, stamps)
 
 
 async def last_used_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -80,6 +80,25 @@ return {1, limit - total - 1, reset, 0}
 """
 
 
+# Drop the stamps that were flushed, unless a request wrote a newer one meanwhile.
+FORGET_FLUSHED_LUA = """
+local removed = 0
+for i = 1, #ARGV, 2 do
+    if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+        removed = removed + redis.call('HDEL', KEYS[1], ARGV[i])
+    end
+end
+return removed
+"""
+
+
+async def forget_flushed_last_used(cache: Cache, stamps: dict[bytes, bytes]) -> None:
+    """Remove `lastUsedAt` stamps now stored in the database, so the hash stays small."""
+    if stamps:
+        args = [part for pair in stamps.items() for part in pair]
+        await cache.client.eval(FORGET_FLUSHED_LUA, 1, last_used_key(cache), *args)
+
+
 async def check_failures(cache: Cache, limits: dict[str, int], message: str) -> None:
     """Refuse with 429 when any key has reached its failure limit."""
     keys = list(limits)
