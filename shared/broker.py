@@ -29,6 +29,9 @@ BINDINGS: dict[str, tuple[str, ...]] = {
     WEBHOOK_DISPATCHER: ("#",),
     AUDIT: ("#",),
 }
+# Services that also keep a queue of their own work items (not events), e.g. one message per
+# webhook delivery to attempt again; it has its own dead-letter and delay queues.
+JOB_QUEUES = (WEBHOOK_DISPATCHER,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,18 +47,32 @@ class Topology:
     def queue(self, service: str) -> str:
         return f"{self.prefix}{service}"
 
+    def jobs_queue(self, service: str) -> str:
+        return f"{self.queue(service)}.jobs"
+
     def dlq(self, service: str) -> str:
-        return f"{self.queue(service)}.dlq"
+        return dead_letter_queue(self.queue(service))
 
     def retry_queue(self, service: str, delay_seconds: int) -> str:
-        return f"{self.queue(service)}.retry.{delay_seconds}"
+        return delay_queue(self.queue(service), delay_seconds)
 
     def all_queues(self, retry_delays: Iterable[int] = ()) -> list[str]:
+        delays = list(retry_delays)
+        inputs = [self.queue(s) for s in BINDINGS] + [self.jobs_queue(s) for s in JOB_QUEUES]
         names = []
-        for service in BINDINGS:
-            names += [self.queue(service), self.dlq(service)]
-            names += [self.retry_queue(service, d) for d in retry_delays]
+        for queue in inputs:
+            names += [queue, dead_letter_queue(queue)]
+            names += [delay_queue(queue, d) for d in delays]
         return names
+
+
+def dead_letter_queue(queue: str) -> str:
+    return f"{queue}.dlq"
+
+
+def delay_queue(queue: str, delay_seconds: int) -> str:
+    """A TTL queue whose messages, after `delay_seconds`, dead-letter back into `queue`."""
+    return f"{queue}.retry.{delay_seconds}"
 
 
 @asynccontextmanager
@@ -91,6 +108,29 @@ async def declare_topology(channel: AbstractChannel, topology: Topology) -> Abst
         for pattern in patterns:
             await queue.bind(exchange, routing_key=pattern)
     return exchange
+
+
+async def declare_work_queue(channel: AbstractChannel, queue: str, delays: Iterable[int]) -> None:
+    """A durable queue with its dead-letter queue and its delay queues."""
+    await channel.declare_queue(dead_letter_queue(queue), durable=True)
+    await channel.declare_queue(
+        queue,
+        durable=True,
+        arguments={
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": dead_letter_queue(queue),
+        },
+    )
+    for delay in sorted(set(delays)):
+        await channel.declare_queue(
+            delay_queue(queue, delay),
+            durable=True,
+            arguments={
+                "x-message-ttl": delay * 1000,
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": queue,
+            },
+        )
 
 
 class Publisher:

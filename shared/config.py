@@ -93,6 +93,13 @@ class Settings(BaseSettings):
     )
     WEBHOOK_MAX_ATTEMPTS: int = Field(default=8, ge=1)
     WEBHOOK_DISABLE_AFTER: int = Field(default=20, ge=1)
+    WEBHOOK_TIMEOUT_SECONDS: float = Field(default=10.0, gt=0, le=60)
+    # At most this many requests in flight to one endpoint (scheme, host, port) per dispatcher;
+    # deliveries beyond it wait in a short delay queue instead of holding up other endpoints.
+    WEBHOOK_ENDPOINT_CONCURRENCY: int = Field(default=16, ge=1)
+    WEBHOOK_DEFER_SECONDS: int = Field(default=1, ge=1)
+    # Messages a dispatcher replica works on at once (its prefetch): many endpoints in flight.
+    WEBHOOK_MAX_IN_FLIGHT: int = Field(default=256, ge=1)
 
     # Consumers: each serves /health on its own port
     NOTIFIER_HEALTH_PORT: int = Field(default=3002, ge=0, le=65535)

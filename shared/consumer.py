@@ -8,15 +8,21 @@ acked only after the handler returns (the handler commits its own work first). F
 - `Transient` error: copied to `<queue>.retry.<delay>` (a TTL queue that dead-letters back into
   the main queue) with the attempt count in a header, then acked; after the last delay, the DLQ.
 Redelivery is possible (crash before ack), so handlers must be idempotent by event id.
+
+A service that keeps work items of its own (the webhook dispatcher's deliveries to retry) returns
+extra `Inbox`es from its setup: each is a queue of its own with the same ack and failure policy,
+and `publish` (publisher-confirmed) puts items on it, now or after a delay.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
 from typing import Any
 
 import aio_pika
@@ -36,7 +42,29 @@ log = structlog.get_logger(__name__)
 ATTEMPT_HEADER = "x-attempt"
 
 Handler = Callable[[Event], Awaitable[None]]
-Setup = Callable[[AsyncExitStack, Health], Awaitable[Handler]]
+
+
+@dataclass(frozen=True)
+class Inbox:
+    """A queue of the service's own work items: decoded with `decode` (a pydantic
+    `ValidationError` sends the message to the DLQ), handled by `handle`. `delays` are the
+    delay queues `publish(..., delay=)` may use."""
+
+    queue: str
+    decode: Callable[[bytes], Any]
+    handle: Callable[[Any], Awaitable[None]]
+    delays: Sequence[int] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class Wiring:
+    """What a service's setup returns when it has more than the event handler."""
+
+    on_event: Handler
+    inboxes: Sequence[Inbox] = ()
+
+
+Setup = Callable[[AsyncExitStack, Health], Awaitable[Handler | Wiring]]
 
 
 class Consumer:
@@ -50,6 +78,7 @@ class Consumer:
         *,
         health_port: int,
         retry_delays: list[int] | None = None,
+        prefetch: int | None = None,
     ) -> None:
         self.settings = settings
         self.service = service
@@ -57,54 +86,76 @@ class Consumer:
         self.health = Health(component=service, memory_limit_mb=settings.HEALTH_MEMORY_LIMIT_MB)
         self.health_port = health_port
         self.retry_delays = list(retry_delays or [])
+        self.prefetch = prefetch or settings.CONSUMER_PREFETCH
         self.handled = 0
         self._setup = setup
         self._stack = AsyncExitStack()
-        self._handler: Handler | None = None
         self._channel: AbstractChannel | None = None
-        self._queue: AbstractQueue | None = None
-        self._consumer_tag: str | None = None
+        self._publish_channel: AbstractChannel | None = None
+        self._subscriptions: list[tuple[AbstractQueue, str]] = []
         self._in_flight: set[asyncio.Task[Any]] = set()
         self.bound_port: int | None = None
 
     async def start(self) -> None:
         """Connect, declare, start the health server, then begin consuming."""
-        self._handler = await self._setup(self._stack, self.health)
+        wiring = await self._setup(self._stack, self.health)
+        if not isinstance(wiring, Wiring):
+            wiring = Wiring(on_event=wiring)
+        events = Inbox(self.topology.queue(self.service), Event.from_bytes, wiring.on_event)
         connection = await self._stack.enter_async_context(
             broker.connect(self.settings, self.service)
         )
         channel = await connection.channel()
-        await channel.set_qos(prefetch_count=self.settings.CONSUMER_PREFETCH)
+        await channel.set_qos(prefetch_count=self.prefetch)
         self._channel = channel
+        self._publish_channel = await connection.channel(publisher_confirms=True)
         await broker.declare_topology(channel, self.topology)
-        await self._declare_retry_queues(channel)
-        self._queue = await channel.get_queue(self.topology.queue(self.service), ensure=False)
+        # The events queue itself is declared with the topology; here its delay queues.
+        await broker.declare_work_queue(channel, events.queue, self.retry_delays)
+        for inbox in wiring.inboxes:
+            await broker.declare_work_queue(
+                channel, inbox.queue, [*self.retry_delays, *inbox.delays]
+            )
         self.health.register("broker", lambda: _ping_connection(connection))
         await self._start_health_server()
-        self._consumer_tag = await self._queue.consume(self._on_message)
-        log.info("consumer started", queue=self._queue.name, health_port=self.bound_port)
+        for inbox in (events, *wiring.inboxes):
+            queue = await channel.get_queue(inbox.queue, ensure=False)
+            tag = await queue.consume(functools.partial(self._on_message, inbox))
+            self._subscriptions.append((queue, tag))
+        log.info("consumer started", queue=events.queue, health_port=self.bound_port)
 
     async def stop(self) -> None:
         """Stop taking messages, let in-flight ones finish (unacked ones are redelivered), close."""
-        if self._queue is not None and self._consumer_tag is not None:
+        for queue, tag in self._subscriptions:
             with contextlib.suppress(Exception):
-                await self._queue.cancel(self._consumer_tag)
+                await queue.cancel(tag)
         if self._in_flight:
             await asyncio.wait(self._in_flight, timeout=10)
         await self._stack.aclose()
         log.info("consumer stopped", handled=self.handled)
 
-    async def _declare_retry_queues(self, channel: AbstractChannel) -> None:
-        for delay in self.retry_delays:
-            await channel.declare_queue(
-                self.topology.retry_queue(self.service, delay),
-                durable=True,
-                arguments={
-                    "x-message-ttl": delay * 1000,
-                    "x-dead-letter-exchange": "",
-                    "x-dead-letter-routing-key": self.topology.queue(self.service),
-                },
-            )
+    async def publish(
+        self,
+        queue: str,
+        body: bytes,
+        *,
+        delay: int | None = None,
+        headers: dict[str, Any] | None = None,
+        message_id: str | None = None,
+    ) -> None:
+        """Put a message on one of this service's queues (after `delay` seconds, through its
+        delay queue), and return once the broker has confirmed it."""
+        if self._publish_channel is None:
+            raise RuntimeError("the consumer has not started")
+        target = broker.delay_queue(queue, delay) if delay else queue
+        message = aio_pika.Message(
+            body=body,
+            headers=headers or {},
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=message_id,
+        )
+        await self._publish_channel.default_exchange.publish(message, routing_key=target, timeout=10)
 
     async def _start_health_server(self) -> None:
         app = web.Application()
@@ -119,31 +170,31 @@ class Consumer:
         sockets = getattr(site._server, "sockets", None) or []
         self.bound_port = sockets[0].getsockname()[1] if sockets else self.health_port
 
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+    async def _on_message(self, inbox: Inbox, message: AbstractIncomingMessage) -> None:
         task = asyncio.current_task()
         if task is not None:
             self._in_flight.add(task)
         try:
-            await self._process(message)
+            await self._process(inbox, message)
         finally:
             if task is not None:
                 self._in_flight.discard(task)
 
-    async def _process(self, message: AbstractIncomingMessage) -> None:
-        assert self._handler is not None
+    async def _process(self, inbox: Inbox, message: AbstractIncomingMessage) -> None:
         structlog.contextvars.bind_contextvars(message_id=message.message_id)
         try:
             try:
-                event = Event.from_bytes(message.body)
+                item = inbox.decode(message.body)
             except ValidationError as exc:
                 log.error("poison message sent to DLQ", errors=exc.error_count())
                 await message.reject(requeue=False)
                 return
-            structlog.contextvars.bind_contextvars(event_id=str(event.id), event_type=event.type)
+            if isinstance(item, Event):
+                structlog.contextvars.bind_contextvars(event_id=str(item.id), event_type=item.type)
             try:
-                await self._handler(event)
+                await inbox.handle(item)
             except Transient as exc:
-                await self._retry(message, exc)
+                await self._retry(inbox, message, exc)
                 return
             except Permanent as exc:
                 log.error("permanent failure; message sent to DLQ", error=str(exc))
@@ -152,30 +203,28 @@ class Consumer:
             except Exception:
                 # Unknown failure: requeue once through the retry path rather than lose it.
                 log.exception("handler failed")
-                await self._retry(message, None)
+                await self._retry(inbox, message, None)
                 return
             await message.ack()
             self.handled += 1
         finally:
             structlog.contextvars.unbind_contextvars("message_id", "event_id", "event_type")
 
-    async def _retry(self, message: AbstractIncomingMessage, exc: Exception | None) -> None:
+    async def _retry(
+        self, inbox: Inbox, message: AbstractIncomingMessage, exc: Exception | None
+    ) -> None:
         attempt = int((message.headers or {}).get(ATTEMPT_HEADER, 1))
-        if attempt > len(self.retry_delays) or self._channel is None:
+        if attempt > len(self.retry_delays):
             log.error("retries exhausted; message sent to DLQ", attempt=attempt, error=repr(exc))
             await message.reject(requeue=False)
             return
         delay = self.retry_delays[attempt - 1]
-        copy = aio_pika.Message(
-            body=message.body,
+        await self.publish(
+            inbox.queue,
+            message.body,
+            delay=delay,
             headers={**(message.headers or {}), ATTEMPT_HEADER: attempt + 1},
-            content_type=message.content_type,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             message_id=message.message_id,
-            type=message.type,
-        )
-        await self._channel.default_exchange.publish(
-            copy, routing_key=self.topology.retry_queue(self.service, delay)
         )
         log.warning("transient failure; retry scheduled", attempt=attempt, delay=delay, error=repr(exc))
         await message.ack()

@@ -32,6 +32,14 @@ class EventType(StrEnum):
     API_KEY_ROTATED = "apikey.rotated"
     API_KEY_REVOKED = "apikey.revoked"
     ACCESS_DENIED = "security.access_denied"
+    WEBHOOK_CREATED = "webhook.created"
+    WEBHOOK_UPDATED = "webhook.updated"
+    WEBHOOK_DELETED = "webhook.deleted"
+    WEBHOOK_SECRET_ROTATED = "webhook.secret_rotated"
+    # The dispatcher turned a webhook off after WEBHOOK_DISABLE_AFTER failed events in a row.
+    WEBHOOK_DEACTIVATED = "webhook.deactivated"
+    # Someone asked for a delivery to be sent again; the dispatcher acts on it.
+    WEBHOOK_REDELIVERY_REQUESTED = "webhook.redelivery_requested"
 
 
 # Types an integrator can subscribe a webhook to (contract: "Event types").
@@ -94,6 +102,31 @@ class AccessDeniedData(_Data):
     reason: str
 
 
+class WebhookData(_Data):
+    webhookId: str
+    url: str
+    events: list[str]
+    active: bool
+
+
+class WebhookTestData(_Data):
+    userId: str
+    webhookId: str
+    message: str = "This is a test event from the 2FA service"
+
+
+class WebhookDeactivatedData(_Data):
+    webhookId: str
+    url: str
+    reason: str
+    consecutiveFailures: int
+
+
+class RedeliveryData(_Data):
+    webhookId: str
+    deliveryId: str
+
+
 DATA_MODELS: dict[EventType, type[_Data]] = {
     EventType.TWOFA_ENABLED: TwoFactorData,
     EventType.TWOFA_DISABLED: TwoFactorData,
@@ -106,6 +139,13 @@ DATA_MODELS: dict[EventType, type[_Data]] = {
     EventType.API_KEY_ROTATED: ApiKeyData,
     EventType.API_KEY_REVOKED: ApiKeyData,
     EventType.ACCESS_DENIED: AccessDeniedData,
+    EventType.WEBHOOK_TEST: WebhookTestData,
+    EventType.WEBHOOK_CREATED: WebhookData,
+    EventType.WEBHOOK_UPDATED: WebhookData,
+    EventType.WEBHOOK_DELETED: WebhookData,
+    EventType.WEBHOOK_SECRET_ROTATED: WebhookData,
+    EventType.WEBHOOK_DEACTIVATED: WebhookDeactivatedData,
+    EventType.WEBHOOK_REDELIVERY_REQUESTED: RedeliveryData,
 }
 
 

@@ -40,6 +40,7 @@ from api.keys import (
     POOL,
     PUBLISHER,
     RELAY,
+    SECRET_BOX,
     SETTINGS,
     TWOFA,
 )
@@ -76,7 +77,8 @@ async def cache_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def twofa_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    app[TWOFA] = twofa.Deps(settings, app[CACHE], SecretBox(settings.ENCRYPTION_KEY), app[OFFLOAD])
+    app[SECRET_BOX] = SecretBox(settings.ENCRYPTION_KEY)
+    app[TWOFA] = twofa.Deps(settings, app[CACHE], app[SECRET_BOX], app[OFFLOAD])
     yield
 
 

@@ -12,6 +12,7 @@ from aiohttp import web
 from shared.broker import Publisher
 from shared.cache import Cache
 from shared.config import Settings
+from shared.crypto import SecretBox
 from shared.health import Health
 from shared.outbox import Relay
 
@@ -32,6 +33,8 @@ DUMMY_HASH = web.AppKey("dummy_hash", bytes)
 ACCESS = web.AppKey("access", dict)
 OPENAPI = web.AppKey("openapi", dict)
 TWOFA = web.AppKey("twofa", twofa.Deps)
+# Encrypts what must be read back (TOTP secrets, webhook signing secrets); from ENCRYPTION_KEY.
+SECRET_BOX = web.AppKey("secret_box", SecretBox)
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 RATE_HEADERS = web.RequestKey("rate_headers", dict)

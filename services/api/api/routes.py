@@ -14,7 +14,7 @@ from shared.health import health_routes
 from api import schemas as s
 from api.auth import PUBLIC, TEMP_TOKEN_OR_KEY, USER_ONLY, Access, either
 from api.keys import ACCESS, HEALTH
-from api.views import accounts, api_keys, docs, twofa
+from api.views import accounts, api_keys, docs, twofa, webhooks
 
 BASE = "/api"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -79,6 +79,32 @@ def api_routes() -> list[Route]:
         Route("GET", "/2fa/status", twofa.get_status, either("2fa:read"),
               "Whether 2FA is on, and with which methods", "2fa",
               query=s.UserQuery, response=s.TwoFactorStatus),
+        Route("POST", "/webhooks", webhooks.create, either("webhooks:write"),
+              "Subscribe a URL to events; the signing secret is shown this once", "webhooks",
+              body=s.CreateWebhookBody, response=s.NewWebhook, status=201),
+        Route("GET", "/webhooks", webhooks.list_webhooks, either("webhooks:read"), "List webhooks",
+              "webhooks", query=s.ListQuery, response=s.Webhook, is_list=True),
+        Route("GET", "/webhooks/{id}", webhooks.get, either("webhooks:read"), "One webhook",
+              "webhooks", response=s.Webhook),
+        Route("PATCH", "/webhooks/{id}", webhooks.update, either("webhooks:write"),
+              "Change url, events, description or active (true clears the failure streak)",
+              "webhooks", body=s.UpdateWebhookBody, response=s.Webhook),
+        Route("DELETE", "/webhooks/{id}", webhooks.delete, either("webhooks:write"),
+              "Delete a webhook and its delivery log", "webhooks", response=s.Webhook),
+        Route("POST", "/webhooks/{id}/test", webhooks.send_test, either("webhooks:write"),
+              "Deliver a webhook.test event to this webhook now", "webhooks",
+              response=s.Queued, status=202),
+        Route("POST", "/webhooks/{id}/rotate-secret", webhooks.rotate_secret,
+              either("webhooks:write"),
+              "A new signing secret; the old one also signs for the grace period", "webhooks",
+              body=s.RotateWebhookSecretBody, response=s.RotatedWebhookSecret),
+        Route("GET", "/webhooks/{id}/deliveries", webhooks.deliveries, either("webhooks:read"),
+              "The delivery log: one entry per attempt, newest first", "webhooks",
+              query=s.DeliveriesQuery, response=s.Delivery, is_list=True),
+        Route("POST", "/webhooks/{id}/deliveries/{deliveryId}/redeliver", webhooks.redeliver,
+              either("webhooks:write"),
+              "Send a delivery again (same event id, fresh retry budget)", "webhooks",
+              response=s.Queued, status=202),
         Route("GET", "/openapi.json", docs.openapi, PUBLIC, "This document", "meta"),
     ]
 

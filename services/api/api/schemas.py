@@ -15,6 +15,8 @@ from pydantic import (
     StringConstraints,
 )
 
+from shared.events import WEBHOOK_EVENT_TYPES
+
 from api.principal import ALL_SCOPES
 
 
@@ -97,6 +99,51 @@ class DisableMethodBody(Body):
     userId: UserId | None = None
     password: Annotated[str, Field(max_length=1024)] | None = None
     code: Code | None = None
+
+
+def _known_events(value: list[str]) -> list[str]:
+    unknown = sorted(set(value) - WEBHOOK_EVENT_TYPES)
+    if unknown:
+        raise ValueError(
+            f"unknown event(s): {', '.join(unknown)}; known: {', '.join(sorted(WEBHOOK_EVENT_TYPES))}"
+        )
+    return list(dict.fromkeys(value))  # duplicates dropped, order kept
+
+
+# The URL's own rules (scheme, length, address) are checked by shared.url_guard, so that each
+# refusal has its own code; this only bounds what is read.
+WebhookUrl = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=65536)]
+WebhookEvents = Annotated[
+    list[Annotated[str, StringConstraints(max_length=64)]],
+    Field(min_length=1, max_length=32),
+    AfterValidator(_known_events),
+]
+Description = Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)]
+
+
+class CreateWebhookBody(Body):
+    model_config = ConfigDict(extra="forbid", str_max_length=65536)
+    url: WebhookUrl
+    events: WebhookEvents
+    description: Description | None = None
+
+
+class UpdateWebhookBody(Body):
+    model_config = ConfigDict(extra="forbid", str_max_length=65536)
+    url: WebhookUrl | None = None
+    events: WebhookEvents | None = None
+    description: Description | None = None
+    active: bool | None = None
+
+
+class RotateWebhookSecretBody(Body):
+    gracePeriodSeconds: Annotated[int, Field(ge=0, le=7 * 24 * 3600)] = 24 * 3600
+
+
+class DeliveriesQuery(Body):
+    status: Literal["succeeded", "failed", "pending"] | None = None
+    limit: Annotated[int, Field(ge=1, le=200)] = 50
+    cursor: Annotated[str, Field(max_length=512)] | None = None
 
 
 class UserQuery(Body):
@@ -212,6 +259,49 @@ class TwoFactorStatus(Resp):
     enabled: bool
     methods: list[str]
     backupCodesRemaining: int
+
+
+class Webhook(Resp):
+    id: str
+    url: str
+    events: list[str]
+    description: str | None
+    active: bool
+    consecutiveFailures: int
+    disabledAt: datetime | None
+    disabledReason: str | None
+    createdAt: datetime
+    updatedAt: datetime
+
+
+class NewWebhook(Webhook):
+    secret: str
+
+
+class RotatedWebhookSecret(Resp):
+    id: str
+    secret: str
+    previousSecretExpiresAt: datetime
+
+
+class Queued(Resp):
+    queued: bool
+    eventId: str | None = None
+    deliveryId: str | None = None
+
+
+class Delivery(Resp):
+    id: str
+    deliveryId: str
+    eventId: str
+    event: str
+    attempt: int
+    status: Literal["succeeded", "failed", "pending"]
+    statusCode: int | None
+    latencyMs: int
+    error: str | None
+    nextRetryAt: datetime | None
+    createdAt: datetime
 
 
 class Check(Resp):

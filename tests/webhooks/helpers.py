@@ -1,0 +1,57 @@
+"""Helpers for webhook tests: a dispatcher per test, and webhooks made through the public API."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+from shared.consumer import Consumer
+
+import webhook_dispatcher.main
+
+from tests.conftest import make_settings
+
+
+@asynccontextmanager
+async def running_dispatcher(**overrides: Any) -> AsyncIterator[Consumer]:
+    """A webhook-dispatcher replica in this process, with this run's settings and `overrides`."""
+    consumer = webhook_dispatcher.main.build(make_settings(**overrides), health_port=0)
+    await consumer.start()
+    try:
+        yield consumer
+    finally:
+        await consumer.stop()
+
+
+async def create_webhook(
+    client: TestClient, headers: dict[str, str], url: str, events: list[str], **fields: Any
+) -> dict[str, Any]:
+    r = await client.post("/api/webhooks", json={"url": url, "events": events, **fields}, headers=headers)
+    assert r.status == 201, await r.text()
+    return (await r.json())["data"]
+
+
+async def delivery_log(
+    client: TestClient, headers: dict[str, str], webhook_id: str, **query: Any
+) -> list[dict[str, Any]]:
+    r = await client.get(f"/api/webhooks/{webhook_id}/deliveries", params=query, headers=headers)
+    assert r.status == 200, await r.text()
+    return (await r.json())["data"]
+
+
+async def eventually(
+    check: Callable[[], Awaitable[Any]], timeout: float = 15, interval: float = 0.1
+) -> Any:
+    """Poll `check` until it returns something truthy; its last value, or a failed test."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"condition not met in {timeout}s (last: {value!r})"
+        await asyncio.sleep(interval)
