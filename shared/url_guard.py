@@ -11,6 +11,7 @@ client connects with, so a DNS answer that changes after registration is caught 
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import socket
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -47,6 +48,10 @@ def parse(raw: str) -> URL:
         raise UrlRefused("INVALID_WEBHOOK_URL", "must not carry credentials")
     if url.fragment:
         raise UrlRefused("INVALID_WEBHOOK_URL", "must not have a #fragment")
+    if len(str(url)) > MAX_URL_LENGTH:  # percent-encoding can lengthen it
+        raise UrlRefused(
+            "INVALID_WEBHOOK_URL", f"must be at most {MAX_URL_LENGTH} characters once encoded"
+        )
     return url
 
 
@@ -121,7 +126,7 @@ class GuardedResolver(AbstractResolver):
             try:
                 refuse_private(host, [r["host"] for r in results])
             except UrlRefused as exc:
-                raise OSError(exc.message) from None
+                raise OSError(errno.EACCES, exc.message) from None
         return results
 
     async def close(self) -> None:

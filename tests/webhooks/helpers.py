@@ -14,7 +14,7 @@ from shared.consumer import Consumer
 
 import webhook_dispatcher.main
 
-from tests.conftest import make_settings
+from tests.conftest import BASE_SETTINGS, make_settings
 
 
 @asynccontextmanager
@@ -26,6 +26,19 @@ async def running_dispatcher(**overrides: Any) -> AsyncIterator[Consumer]:
         yield consumer
     finally:
         await consumer.stop()
+
+
+def settings_env(**overrides: Any) -> dict[str, str]:
+    """This run's settings (with `overrides`) as the environment of a service subprocess."""
+
+    def text(value: Any) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, list):
+            return ",".join(str(v) for v in value)
+        return str(value)
+
+    return {name: text(value) for name, value in {**BASE_SETTINGS, **overrides}.items()}
 
 
 async def create_webhook(

@@ -21,14 +21,15 @@ ARRAY(SELECT s.ciphertext FROM webhook_secrets s
       WHERE s.webhook_id = w.id AND (s.expires_at IS NULL OR s.expires_at > now())
       ORDER BY s.created_at DESC, s.id) AS secrets
 """
-# For one event: its target webhooks (the owner's active subscribers to its type, or the one
-# webhook a test names), a delivery row for each, leased at once when it is new. Rows that
+# For one event: its target webhooks (the owner's active subscribers to its type that existed
+# when it occurred, or the one webhook a test names), a delivery row for each, leased at once when it is new. Rows that
 # already existed (the broker redelivered the event) come back unleased, to be resumed.
 OPEN_SQL = f"""
 WITH w AS (
     SELECT id, url, active FROM webhooks
     WHERE owner_id = $1
-      AND CASE WHEN $5::uuid IS NULL THEN active AND $2 = ANY(events) ELSE id = $5 END
+      AND CASE WHEN $5::uuid IS NULL THEN active AND $2 = ANY(events) AND created_at <= $7
+               ELSE id = $5 END
 ),
 created AS (
     INSERT INTO webhook_deliveries
@@ -135,7 +136,14 @@ async def open_deliveries(
     lease_seconds: float,
 ) -> list[Target]:
     rows = await conn.fetch(
-        OPEN_SQL, event.ownerId, event.type.value, event.id, body, only_webhook, lease_seconds
+        OPEN_SQL,
+        event.ownerId,
+        event.type.value,
+        event.id,
+        body,
+        only_webhook,
+        lease_seconds,
+        event.occurredAt,
     )
     return [
         Target(
