@@ -227,3 +227,22 @@ async def test_killing_the_dispatcher_mid_run_loses_no_delivery(client, settings
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_hanging_endpoint_gets_bounded_concurrency_and_others_flow_past_it(client, settings):
+    account = await new_account(client)
+    async with (
+        python_receiver("ok") as healthy,
+        python_receiver("hang") as hang,
+        running_dispatcher(WEBHOOK_TIMEOUT_SECONDS=3, WEBHOOK_ENDPOINT_CONCURRENCY=2),
+    ):
+        await create_webhook(client, account.auth, healthy.url, ["2fa.failed"])
+        await create_webhook(client, account.auth, hang.url, ["2fa.failed"])
+        started = time.monotonic()
+        await publish_events(settings, [failed_event(account.id, f"u{i}") for i in range(12)])
+        arrived = await healthy.wait_for(12, timeout=5)
+        assert max(r["receivedAt"] for r in arrived) - started < 2
+        # Two requests hang at the endpoint; the rest wait their turn in the delay queue.
+        assert hang.in_flight == 2
+        await asyncio.sleep(1)
+        assert hang.in_flight == 2 and len(hang.requests) == 2

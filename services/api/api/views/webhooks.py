@@ -7,7 +7,7 @@ import uuid
 from aiohttp import web
 
 from shared.envelope import ok, page
-from shared.errors import NotFound
+from shared.errors import NotFound, ValidationFailed
 
 from api.domain import webhooks
 from api.keys import POOL, SECRET_BOX, SETTINGS
@@ -66,6 +66,12 @@ async def get(request: web.Request) -> web.Response:
 async def update(request: web.Request) -> web.Response:
     body = await parse_json(request, UpdateWebhookBody)
     changes = body.model_dump(exclude_unset=True)
+    cleared = sorted(k for k in ("url", "events", "active") if k in changes and changes[k] is None)
+    if cleared:
+        raise ValidationFailed(
+            f"Invalid request body: {', '.join(cleared)}",
+            details={"fields": [{"field": k, "message": "may not be null"} for k in cleared]},
+        )
     if changes.get("url") is not None:
         changes["url"] = await webhooks.checked_url(
             changes["url"], allow_private=request.app[SETTINGS].WEBHOOK_ALLOW_PRIVATE_URLS
