@@ -35,6 +35,9 @@ def parse(raw: str) -> URL:
     """The URL if its form is acceptable (scheme, host, no credentials), else `UrlRefused`."""
     if len(raw) > MAX_URL_LENGTH:
         raise UrlRefused("INVALID_WEBHOOK_URL", f"must be at most {MAX_URL_LENGTH} characters")
+    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in raw):
+        # The URL parser would quietly drop a CR/LF; refusing it keeps header injection out.
+        raise UrlRefused("INVALID_WEBHOOK_URL", "must not contain spaces or control characters")
     try:
         url = URL(raw)
         host = url.host

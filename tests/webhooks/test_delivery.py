@@ -4,6 +4,7 @@ queues with one X-Webhook-Id, and every attempt is in the delivery log."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -102,7 +103,7 @@ async def test_a_receiver_failing_twice_gets_three_attempts_with_one_webhook_id(
     assert [r["status"] for r in arrived] == [500, 500, 200]
     assert {r["headers"]["x-webhook-id"] for r in arrived} == {event_id}
     assert len({r["rawBody"] for r in arrived}) == 1  # the same bytes every time
-    gaps = [(b["receivedAt"] - a["receivedAt"]) / 1000 for a, b in zip(arrived, arrived[1:])]
+    gaps = [(b["receivedAt"] - a["receivedAt"]) / 1000 for a, b in itertools.pairwise(arrived)]
     assert gaps[0] >= RETRY_DELAYS[0] * 0.9 and gaps[1] >= RETRY_DELAYS[1] * 0.9, gaps
 
     # Newest first: the success, then the two failures that each scheduled a retry.

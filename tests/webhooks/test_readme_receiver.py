@@ -23,7 +23,7 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 def readme_receiver() -> str:
     text = README.read_text()
     section = text[text.index("A Python receiver that checks") :]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    return re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
 
 
 def free_port() -> int:

@@ -846,3 +846,16 @@ async def test_patch_refuses_null_for_fields_that_cannot_be_empty(client):
         assert [f["field"] for f in body["error"]["details"]["fields"]] == [field]
     r = await client.get(f"/api/webhooks/{hook['id']}", headers=account.auth)
     assert (await r.json())["data"]["url"] == "http://93.184.216.34/hook"
+
+
+async def test_urls_with_line_breaks_or_spaces_are_refused_not_quietly_rewritten(client):
+    account = await new_account(client)
+    for url in (
+        "http://93.184.216.34/x\r\nX-Injected: 1",
+        "http://93.184.216.34/x\nHost: evil.example",
+        "http://93.184.216.34/a b",
+        "http://93.184.216.34/\tx",
+    ):
+        r = await client.post("/api/webhooks", json={"url": url, "events": ["2fa.enabled"]}, headers=account.auth)
+        assert r.status == 400, url
+        assert await error_code(r) == "INVALID_WEBHOOK_URL"
