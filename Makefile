@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 NODE   := tests/clients/node
 
-.PHONY: install run migrate test bench clean
+.PHONY: install run migrate test bench bench-webhooks clean audit-verify
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ install: $(STAMP)
 ## make run: install, write .env if missing, create + migrate the database, start everything on :3001
 run: install
 	@$(BIN)/python deploy/dev_run.py
+
+## make audit-verify: recompute every owner's audit hash chain; names the first bad entry
+audit-verify: install
+	@$(BIN)/python -m audit.verify $(if $(OWNER),--owner $(OWNER))
 
 ## make migrate: create the database if missing and apply migrations
 migrate: install
@@ -37,6 +41,10 @@ test: install $(NODE)/node_modules
 ## make bench: the benchmarks under bench/ (start the system with `make run` first, or let it)
 bench: install
 	@bash bench/run.sh
+
+## make bench-webhooks: the webhook dispatcher's deliveries/s (1 and 2 replicas) and end-to-end latency
+bench-webhooks: install
+	@bash bench/webhooks.sh
 
 clean:
 	rm -rf $(VENV) *.egg-info $(NODE)/node_modules

@@ -101,11 +101,22 @@ class Settings(BaseSettings):
     # Messages a dispatcher replica works on at once (its prefetch): many endpoints in flight.
     WEBHOOK_MAX_IN_FLIGHT: int = Field(default=256, ge=1)
 
+    # Audit
+    # Days of audit entries kept; older daily partitions are dropped whole. 0 keeps everything.
+    AUDIT_RETENTION_DAYS: int = Field(default=365, ge=0)
+    AUDIT_BATCH_SIZE: int = Field(default=500, ge=1, le=10_000)
+    # Messages one audit replica holds at once: enough to fill a few batches.
+    AUDIT_PREFETCH: int = Field(default=2000, ge=1)
+    AUDIT_MAINTENANCE_SECONDS: float = Field(default=3600.0, gt=0)
+
     # Consumers: each serves /health on its own port
     NOTIFIER_HEALTH_PORT: int = Field(default=3002, ge=0, le=65535)
     WEBHOOK_DISPATCHER_HEALTH_PORT: int = Field(default=3003, ge=0, le=65535)
     AUDIT_HEALTH_PORT: int = Field(default=3004, ge=0, le=65535)
     CONSUMER_PREFETCH: int = Field(default=64, ge=1)
+    # Seconds before a message whose handling failed for a passing reason (database down) is
+    # tried again, then again...; after the last, it goes to the dead-letter queue.
+    CONSUMER_RETRY_DELAYS: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [1, 5, 30, 120])
 
     # Operations
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -118,12 +129,12 @@ class Settings(BaseSettings):
     def _cors(cls, value: object) -> object:
         return _split_csv(value)
 
-    @field_validator("WEBHOOK_RETRY_DELAYS", mode="before")
+    @field_validator("WEBHOOK_RETRY_DELAYS", "CONSUMER_RETRY_DELAYS", mode="before")
     @classmethod
     def _delays(cls, value: object) -> object:
         return _split_csv(value)
 
-    @field_validator("WEBHOOK_RETRY_DELAYS")
+    @field_validator("WEBHOOK_RETRY_DELAYS", "CONSUMER_RETRY_DELAYS")
     @classmethod
     def _positive_delays(cls, value: list[int]) -> list[int]:
         if not value or any(d <= 0 for d in value):

@@ -35,8 +35,19 @@ APPLIED_SQL = "SELECT version FROM schema_migrations"
 RECORD_SQL = "INSERT INTO schema_migrations (version) VALUES ($1)"
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
-    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+def _jsonb_encode(value: object) -> bytes:
+    return b"\x01" + json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _jsonb_decode(data: bytes) -> object:
+    return json.loads(data[1:])  # the first byte is jsonb's binary format version (1)
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    # Binary format, so that COPY (which is binary) can carry jsonb too.
+    await conn.set_type_codec(
+        "jsonb", encoder=_jsonb_encode, decoder=_jsonb_decode, schema="pg_catalog", format="binary"
+    )
 
 
 @asynccontextmanager
@@ -46,7 +57,7 @@ async def create_pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
         settings.DATABASE_URL,
         min_size=min(settings.DB_POOL_MIN, settings.DB_POOL_MAX),
         max_size=settings.DB_POOL_MAX,
-        init=_init_connection,
+        init=init_connection,
         command_timeout=10,
     )
     try:

@@ -14,7 +14,7 @@ from shared.health import health_routes
 from api import schemas as s
 from api.auth import PUBLIC, TEMP_TOKEN_OR_KEY, USER_ONLY, Access, either
 from api.keys import ACCESS, HEALTH
-from api.views import accounts, api_keys, docs, twofa, webhooks
+from api.views import accounts, api_keys, audit, docs, twofa, webhooks
 
 BASE = "/api"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -105,6 +105,15 @@ def api_routes() -> list[Route]:
               either("webhooks:write"),
               "Send a delivery again (same event id, fresh retry budget)", "webhooks",
               response=s.Queued, status=202),
+        Route("GET", "/audit-logs", audit.list_entries, either("audit:read"),
+              "Audit entries, newest first (from <= occurredAt <= to)", "audit",
+              query=s.AuditQuery, response=s.AuditEntry, is_list=True),
+        Route("GET", "/audit-logs/export", audit.export, either("audit:read"),
+              "Audit entries as NDJSON or CSV, oldest first, streamed", "audit",
+              query=s.AuditExportQuery),
+        Route("GET", "/audit-logs/verify", audit.verify, either("audit:read"),
+              "Recompute the hash chain; names the first entry that does not verify", "audit",
+              response=s.AuditVerdict),
         Route("GET", "/openapi.json", docs.openapi, PUBLIC, "This document", "meta"),
     ]
 

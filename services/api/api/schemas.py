@@ -15,9 +15,11 @@ from pydantic import (
     StringConstraints,
 )
 
-from shared.events import WEBHOOK_EVENT_TYPES
+from shared.events import WEBHOOK_EVENT_TYPES, EventType
 
 from api.principal import ALL_SCOPES
+
+ALL_EVENT_TYPES = frozenset(t.value for t in EventType)
 
 
 def _bcrypt_length(value: str) -> str:
@@ -144,6 +146,29 @@ class DeliveriesQuery(Body):
     status: Literal["succeeded", "failed", "pending"] | None = None
     limit: Annotated[int, Field(ge=1, le=200)] = 50
     cursor: Annotated[str, Field(max_length=512)] | None = None
+
+
+def _known_event_type(value: str) -> str:
+    if value not in ALL_EVENT_TYPES:
+        raise ValueError(f"unknown event type; known: {', '.join(sorted(ALL_EVENT_TYPES))}")
+    return value
+
+
+class AuditFilterQuery(Body):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    userId: UserId | None = None
+    event: Annotated[str, StringConstraints(max_length=64), AfterValidator(_known_event_type)] | None = None
+    from_: AwareDatetime | None = Field(default=None, alias="from")
+    to: AwareDatetime | None = None
+
+
+class AuditQuery(AuditFilterQuery):
+    limit: Annotated[int, Field(ge=1, le=200)] = 50
+    cursor: Annotated[str, Field(max_length=512)] | None = None
+
+
+class AuditExportQuery(AuditFilterQuery):
+    format: Literal["ndjson", "csv"] = "ndjson"
 
 
 class UserQuery(Body):
@@ -302,6 +327,36 @@ class Delivery(Resp):
     error: str | None
     nextRetryAt: datetime | None
     createdAt: datetime
+
+
+class AuditActor(Resp):
+    kind: Literal["user", "apiKey", "system"]
+    id: str
+
+
+class AuditEntry(Resp):
+    id: str
+    eventId: str
+    type: str
+    userId: str | None
+    actor: AuditActor
+    ip: str | None
+    userAgent: str | None
+    occurredAt: datetime
+    recordedAt: datetime
+    data: dict[str, Any]
+
+
+class BadAuditEntry(Resp):
+    chainSeq: int
+    id: str
+    reason: str
+
+
+class AuditVerdict(Resp):
+    valid: bool
+    checked: int
+    firstBadEntry: BadAuditEntry | None
 
 
 class Check(Resp):
