@@ -32,6 +32,8 @@ class EventType(StrEnum):
     API_KEY_ROTATED = "apikey.rotated"
     API_KEY_REVOKED = "apikey.revoked"
     ACCESS_DENIED = "security.access_denied"
+    # A user's 2FA is locked after TWOFA_MAX_FAILURES wrong codes in a row.
+    LOCKOUT = "security.lockout"
     WEBHOOK_CREATED = "webhook.created"
     WEBHOOK_UPDATED = "webhook.updated"
     WEBHOOK_DELETED = "webhook.deleted"
@@ -100,6 +102,14 @@ class TwoFactorFailedData(_Data):
 class AccessDeniedData(_Data):
     resource: str
     reason: str
+    # The owner whose key or account tried it (the event itself is in the resource owner's log).
+    callerOwnerId: str | None = None
+
+
+class LockoutData(_Data):
+    userId: str
+    scope: Literal["2fa"]
+    lockedSeconds: int
 
 
 class WebhookData(_Data):
@@ -139,6 +149,7 @@ DATA_MODELS: dict[EventType, type[_Data]] = {
     EventType.API_KEY_ROTATED: ApiKeyData,
     EventType.API_KEY_REVOKED: ApiKeyData,
     EventType.ACCESS_DENIED: AccessDeniedData,
+    EventType.LOCKOUT: LockoutData,
     EventType.WEBHOOK_TEST: WebhookTestData,
     EventType.WEBHOOK_CREATED: WebhookData,
     EventType.WEBHOOK_UPDATED: WebhookData,

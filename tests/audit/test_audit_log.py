@@ -270,3 +270,36 @@ async def test_export_refuses_a_bad_range_before_streaming(client):
                          params={"from": "2026-02-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"},
                          headers=account.auth)
     assert r.status == 400 and await error_code(r) == "INVALID_RANGE"
+
+
+async def test_refused_cross_owner_attempts_and_lockouts_are_audited(client, auditor):
+    alice, mallory = await new_account(client), await new_account(client)
+    alice_key = await create_key(client, alice)
+    hook = (await (await client.post("/api/webhooks", json={"url": "http://93.184.216.34/h", "events": ["2fa.failed"]},
+                                     headers=alice.auth)).json())["data"]
+    mallory_key = {"X-API-Key": (await create_key(client, mallory, scopes=["*"]))["apiKey"],
+                   "User-Agent": "mallory/1"}
+    for method, path in (("GET", f"/api/webhooks/{hook['id']}"),
+                         ("DELETE", f"/api/webhooks/{hook['id']}"),
+                         ("GET", f"/api/api-keys/{alice_key['id']}")):
+        r = await client.request(method, path, headers=mallory_key if "webhooks" in path else mallory.auth)
+        assert r.status == 404 and await error_code(r) == "NOT_FOUND"
+    # A plain miss is not an attempt on anyone.
+    r = await client.get(f"/api/webhooks/{uuid.uuid4()}", headers=mallory.auth)
+    assert r.status == 404
+
+    denied = await entries_at_least(client, alice.auth, 3, event="security.access_denied")
+    assert len(denied) == 3
+    assert {e["data"]["resource"] for e in denied} == {f"webhook:{hook['id']}", f"apiKey:{alice_key['id']}"}
+    assert all(e["data"]["callerOwnerId"] == mallory.id for e in denied)
+    by_key = [e for e in denied if e["actor"]["kind"] == "apiKey"]
+    assert len(by_key) == 2 and by_key[0]["userAgent"] == "mallory/1" and by_key[0]["ip"] == "127.0.0.1"
+    assert await entries(client, mallory.auth, event="security.access_denied") == []
+
+    key = {"X-API-Key": alice_key["apiKey"]}
+    await enable_totp(client, key, "locked-user")
+    for _ in range(5):
+        await client.post("/api/2fa/verify", json={"userId": "locked-user", "code": "000000"}, headers=key)
+    [lockout] = await entries_at_least(client, alice.auth, 1, event="security.lockout")
+    assert lockout["userId"] == "locked-user"
+    assert lockout["data"] == {"userId": "locked-user", "scope": "2fa", "lockedSeconds": 900}

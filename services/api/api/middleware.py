@@ -29,7 +29,10 @@ from shared.errors import (
     ValidationFailed,
 )
 
-from api.keys import PRINCIPAL, RATE_HEADERS, REQUEST_ID, SETTINGS
+from api.domain import access
+from api.domain.access import ForeignResource
+from api.keys import POOL, PRINCIPAL, RATE_HEADERS, REQUEST_ID, SETTINGS
+from api.views.common import context_of
 
 log = structlog.get_logger("api.request")
 
@@ -65,6 +68,15 @@ def _from_http_exception(exc: web.HTTPException) -> AppError:
     return AppError()
 
 
+async def _record_denial(request: web.Request, refused: ForeignResource) -> None:
+    """Put a refused cross-owner attempt on the record; the 404 goes out either way."""
+    try:
+        async with request.app[POOL].acquire() as conn:
+            await access.record_denial(conn, context_of(request), refused)
+    except Exception as exc:
+        log.warning("could not record a refused cross-owner attempt", error=repr(exc))
+
+
 @web.middleware
 async def core_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     incoming = request.headers.get("X-Request-Id", "")
@@ -81,6 +93,8 @@ async def core_middleware(request: web.Request, handler: Handler) -> web.StreamR
             raise PayloadTooLarge(details={"maxBytes": limit})
         response = await handler(request)
     except AppError as exc:
+        if isinstance(exc, ForeignResource):
+            await _record_denial(request, exc)
         response, error_code = envelope.error(exc), exc.code
     except web.HTTPException as exc:
         app_error = _from_http_exception(exc)

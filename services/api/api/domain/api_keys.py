@@ -17,10 +17,10 @@ from typing import Any
 import asyncpg
 
 from shared import outbox
-from shared.errors import Conflict, NotFound, Unauthorized, ValidationFailed
+from shared.errors import Conflict, Unauthorized, ValidationFailed
 from shared.events import ApiKeyData, EventType
 
-from api.domain import pagination
+from api.domain import access, pagination
 from api.domain.context import Context
 
 KEY_PREFIX = "tfa_"
@@ -161,7 +161,7 @@ async def create(
 async def get(conn: asyncpg.Connection, ctx: Context, key_id: uuid.UUID) -> asyncpg.Record:
     row = await conn.fetchrow(GET_KEY_SQL, ctx.owner_id, key_id)
     if row is None:
-        raise NotFound("API key not found")
+        raise await access.not_found(conn, ctx, "apiKey", key_id, "API key not found")
     return row
 
 

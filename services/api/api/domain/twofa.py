@@ -19,7 +19,7 @@ from shared.cache import Cache
 from shared.config import Settings
 from shared.crypto import SecretBox
 from shared.errors import AppError, Conflict, NotFound, Unauthorized, ValidationFailed
-from shared.events import EventType, TwoFactorData, TwoFactorFailedData
+from shared.events import EventType, LockoutData, TwoFactorData, TwoFactorFailedData
 
 from api.domain import backup_codes, end_users, lockout, totp
 from api.domain.context import Context
@@ -172,7 +172,13 @@ async def verify(
     failed = TwoFactorFailedData(
         userId=user.external_id, method=method, reason=reason, attemptsRemaining=left  # type: ignore[arg-type]
     )
-    await outbox.add(conn, ctx.event(EventType.TWOFA_FAILED, failed, user.external_id))
+    events = [ctx.event(EventType.TWOFA_FAILED, failed, user.external_id)]
+    if left == 0:
+        locked = LockoutData(
+            userId=user.external_id, scope="2fa", lockedSeconds=deps.settings.TWOFA_LOCKOUT_SECONDS
+        )
+        events.append(ctx.event(EventType.LOCKOUT, locked, user.external_id))
+    await outbox.add_many(conn, events)
     raise Unauthorized(message, code="INVALID_CODE", details={**details, "attemptsRemaining": left})
 
 

@@ -16,10 +16,10 @@ import asyncpg
 
 from shared import outbox, url_guard, webhook_signing
 from shared.crypto import SecretBox
-from shared.errors import Conflict, NotFound, ValidationFailed
+from shared.errors import Conflict, ValidationFailed
 from shared.events import EventType, RedeliveryData, WebhookData, WebhookTestData
 
-from api.domain import pagination
+from api.domain import access, pagination
 from api.domain.context import Context
 
 COLUMNS = """
@@ -163,7 +163,7 @@ async def create(
 async def get(conn: asyncpg.Connection, ctx: Context, webhook_id: uuid.UUID) -> asyncpg.Record:
     row = await conn.fetchrow(GET_SQL, ctx.owner_id, webhook_id)
     if row is None:
-        raise NotFound("Webhook not found")
+        raise await access.not_found(conn, ctx, "webhook", webhook_id, "Webhook not found")
     return row
 
 
@@ -191,7 +191,7 @@ async def update(
             changes.get("active"),
         )
         if row is None:
-            raise NotFound("Webhook not found")
+            raise await access.not_found(conn, ctx, "webhook", webhook_id, "Webhook not found")
         await outbox.add(conn, ctx.event(EventType.WEBHOOK_UPDATED, _event_data(row), None))
     return row
 
@@ -201,7 +201,7 @@ async def delete(conn: asyncpg.Connection, ctx: Context, webhook_id: uuid.UUID) 
     async with conn.transaction():
         row = await conn.fetchrow(DELETE_SQL, ctx.owner_id, webhook_id)
         if row is None:
-            raise NotFound("Webhook not found")
+            raise await access.not_found(conn, ctx, "webhook", webhook_id, "Webhook not found")
         await outbox.add(conn, ctx.event(EventType.WEBHOOK_DELETED, _event_data(row), None))
     return row
 
@@ -267,7 +267,9 @@ async def redeliver(
             )
         row = await conn.fetchrow(REDELIVER_SQL, ctx.owner_id, webhook_id, delivery_id)
         if row is None:
-            raise NotFound("Delivery not found")
+            raise await access.not_found(
+                conn, ctx, "webhookDelivery", delivery_id, "Delivery not found"
+            )
         data = RedeliveryData(webhookId=str(webhook_id), deliveryId=str(row["id"]))
         await outbox.add(conn, ctx.event(EventType.WEBHOOK_REDELIVERY_REQUESTED, data, None))
     return {"queued": True, "eventId": row["event_id"], "deliveryId": row["id"]}
