@@ -23,12 +23,16 @@ NOTIFIER = "notifier"
 WEBHOOK_DISPATCHER = "webhook-dispatcher"
 AUDIT = "audit"
 
+# Domain events (audited, deliverable) as opposed to notification commands (notification.#).
+DOMAIN_EVENTS = ("2fa.#", "user.#", "apikey.#", "webhook.#", "security.#")
 # Routing-key patterns each consumer's queue is bound with.
 BINDINGS: dict[str, tuple[str, ...]] = {
     NOTIFIER: ("notification.#",),
-    WEBHOOK_DISPATCHER: ("#",),
-    AUDIT: ("#",),
+    WEBHOOK_DISPATCHER: DOMAIN_EVENTS,
+    AUDIT: DOMAIN_EVENTS,
 }
+# Bindings earlier versions made, removed when the topology is declared.
+RETIRED_BINDINGS = ("#",)
 # Services that also keep a queue of their own work items (not events), e.g. one message per
 # webhook delivery to attempt again; it has its own dead-letter and delay queues.
 JOB_QUEUES = (WEBHOOK_DISPATCHER,)
@@ -107,6 +111,9 @@ async def declare_topology(channel: AbstractChannel, topology: Topology) -> Abst
         )
         for pattern in patterns:
             await queue.bind(exchange, routing_key=pattern)
+        for pattern in RETIRED_BINDINGS:
+            if pattern not in patterns:
+                await queue.unbind(exchange, routing_key=pattern)
     return exchange
 
 

@@ -34,6 +34,11 @@ class EventType(StrEnum):
     ACCESS_DENIED = "security.access_denied"
     # A user's 2FA is locked after TWOFA_MAX_FAILURES wrong codes in a row.
     LOCKOUT = "security.lockout"
+    # A code refused to be sent (daily cap, country not allowed): SMS pumping guard.
+    SEND_REFUSED = "security.send_refused"
+    # Commands for the notifier (routing keys notification.#): not domain events, not audited.
+    NOTIFICATION_SMS = "notification.sms"
+    NOTIFICATION_EMAIL = "notification.email"
     WEBHOOK_CREATED = "webhook.created"
     WEBHOOK_UPDATED = "webhook.updated"
     WEBHOOK_DELETED = "webhook.deleted"
@@ -106,6 +111,22 @@ class AccessDeniedData(_Data):
     callerOwnerId: str | None = None
 
 
+class NotificationData(_Data):
+    """Send a one-time code. The code is sealed (shared.notifications) to this command's id."""
+
+    to: str
+    purpose: Literal["setup", "login"]
+    sealedCode: str
+    expiresInMinutes: int
+
+
+class SendRefusedData(_Data):
+    userId: str
+    channel: Literal["sms", "email"]
+    reason: str
+    to: str  # masked
+
+
 class LockoutData(_Data):
     userId: str
     scope: Literal["2fa"]
@@ -150,6 +171,9 @@ DATA_MODELS: dict[EventType, type[_Data]] = {
     EventType.API_KEY_REVOKED: ApiKeyData,
     EventType.ACCESS_DENIED: AccessDeniedData,
     EventType.LOCKOUT: LockoutData,
+    EventType.SEND_REFUSED: SendRefusedData,
+    EventType.NOTIFICATION_SMS: NotificationData,
+    EventType.NOTIFICATION_EMAIL: NotificationData,
     EventType.WEBHOOK_TEST: WebhookTestData,
     EventType.WEBHOOK_CREATED: WebhookData,
     EventType.WEBHOOK_UPDATED: WebhookData,
