@@ -85,6 +85,21 @@ class Settings(BaseSettings):
     EMAIL_PASSWORD: str = ""
     EMAIL_FROM: str = "noreply@localhost"
     EMAIL_STARTTLS: bool = True
+    # Per message: a provider slower than this counts as a passing failure (retried later).
+    NOTIFIER_SEND_TIMEOUT_SECONDS: float = Field(default=10.0, gt=0, le=60)
+
+    # SMS and email codes (the contract: 10 minutes, 5 attempts, 30 s between sends)
+    CONTACT_CODE_TTL_SECONDS: int = Field(default=600, ge=30)
+    CONTACT_CODE_MAX_ATTEMPTS: int = Field(default=5, ge=1)
+    CONTACT_CODE_RESEND_SECONDS: int = Field(default=30, ge=0)
+    # SMS pumping guard: daily sends per end user, per phone number (across owners), per owner;
+    # and the calling codes numbers may have ("1,44,49"; empty allows every country).
+    SMS_DAILY_LIMIT_PER_USER: int = Field(default=10, ge=1)
+    SMS_DAILY_LIMIT_PER_PHONE: int = Field(default=10, ge=1)
+    SMS_DAILY_LIMIT_PER_OWNER: int = Field(default=10_000, ge=1)
+    SMS_ALLOWED_COUNTRIES: Annotated[list[int], NoDecode] = Field(default_factory=list)
+    EMAIL_DAILY_LIMIT_PER_USER: int = Field(default=20, ge=1)
+    EMAIL_DAILY_LIMIT_PER_ADDRESS: int = Field(default=20, ge=1)
 
     # Webhooks
     WEBHOOK_ALLOW_PRIVATE_URLS: bool = False
@@ -129,7 +144,7 @@ class Settings(BaseSettings):
     def _cors(cls, value: object) -> object:
         return _split_csv(value)
 
-    @field_validator("WEBHOOK_RETRY_DELAYS", "CONSUMER_RETRY_DELAYS", mode="before")
+    @field_validator("WEBHOOK_RETRY_DELAYS", "CONSUMER_RETRY_DELAYS", "SMS_ALLOWED_COUNTRIES", mode="before")
     @classmethod
     def _delays(cls, value: object) -> object:
         return _split_csv(value)

@@ -7,6 +7,7 @@ acked only after the handler returns (the handler commits its own work first). F
 - undecodable body or `Permanent` error: rejected without requeue, so it lands in `<queue>.dlq`;
 - `Transient` error: copied to `<queue>.retry.<delay>` (a TTL queue that dead-letters back into
   the main queue) with the attempt count in a header, then acked; after the last delay, the DLQ.
+  A handler that records outcomes reads `current_delivery()` to know whether this is the last try.
 Redelivery is possible (crash before ack), so handlers must be idempotent by event id.
 
 A service that keeps work items of its own (the webhook dispatcher's deliveries to retry) returns
@@ -22,6 +23,7 @@ import functools
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +44,23 @@ log = structlog.get_logger(__name__)
 ATTEMPT_HEADER = "x-attempt"
 
 Handler = Callable[[Event], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """Which delivery of a message a handler is running on: `attempt` counts from 1 (+1 per
+    retry through a delay queue); when `final`, a `Transient` sends it to the DLQ, not a retry."""
+
+    attempt: int = 1
+    final: bool = False
+
+
+_delivery: ContextVar[Delivery] = ContextVar("delivery", default=Delivery())
+
+
+def current_delivery() -> Delivery:
+    """The delivery the running handler is on (each message is handled in its own task)."""
+    return _delivery.get()
 
 
 @dataclass(frozen=True)
@@ -191,6 +210,8 @@ class Consumer:
                 return
             if isinstance(item, Event):
                 structlog.contextvars.bind_contextvars(event_id=str(item.id), event_type=item.type)
+            attempt = _attempt(message)
+            _delivery.set(Delivery(attempt, final=attempt > len(self.retry_delays)))
             try:
                 await inbox.handle(item)
             except Transient as exc:
@@ -213,7 +234,7 @@ class Consumer:
     async def _retry(
         self, inbox: Inbox, message: AbstractIncomingMessage, exc: Exception | None
     ) -> None:
-        attempt = int((message.headers or {}).get(ATTEMPT_HEADER, 1))
+        attempt = _attempt(message)
         if attempt > len(self.retry_delays):
             log.error("retries exhausted; message sent to DLQ", attempt=attempt, error=repr(exc))
             await message.reject(requeue=False)
@@ -228,6 +249,10 @@ class Consumer:
         )
         log.warning("transient failure; retry scheduled", attempt=attempt, delay=delay, error=repr(exc))
         await message.ack()
+
+
+def _attempt(message: AbstractIncomingMessage) -> int:
+    return int((message.headers or {}).get(ATTEMPT_HEADER, 1))
 
 
 async def _ping_connection(connection: Any) -> None:

@@ -90,6 +90,20 @@ class CodeBody(UserBody):
     code: Code
 
 
+class SmsSetupBody(UserBody):
+    phoneNumber: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=32)]
+
+
+class EmailSetupBody(UserBody):
+    email: Annotated[EmailStr, Field(max_length=254)]
+
+
+class ChallengeBody(Body):
+    tempToken: Token | None = None
+    userId: UserId | None = None
+    method: Literal["sms", "email"]
+
+
 class VerifyBody(Body):
     tempToken: Token | None = None
     userId: UserId | None = None
@@ -260,6 +274,20 @@ class TotpSetup(Resp):
     qrCode: str
 
 
+class CodeSent(Resp):
+    method: Literal["sms", "email"]
+    to: str
+    expiresAt: datetime
+    pending: bool | None = None
+    sent: bool | None = None
+
+
+class MethodEnabled(Resp):
+    enabled: bool
+    method: str
+    backupCodes: list[str] | None = None
+
+
 class BackupCodes(Resp):
     backupCodes: list[str]
 
@@ -274,10 +302,12 @@ class Verified(Resp):
 
 
 class Method(Resp):
-    type: str
+    type: Literal["totp", "sms", "email"]
     createdAt: datetime
     enabledAt: datetime | None
     lastUsedAt: datetime | None
+    phoneNumber: str | None = Field(default=None, description="sms: the number, masked")
+    email: str | None = Field(default=None, description="email: the address, masked")
 
 
 class TwoFactorStatus(Resp):

@@ -1,1 +1,1 @@
-"""The notifier consumer service: SMS and email notifications (issue 6 adds the senders)."""
+"""The notifier consumer service: one-time codes by SMS (Twilio) and email (SMTP)."""

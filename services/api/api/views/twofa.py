@@ -14,7 +14,17 @@ from api.domain import accounts, devices, end_users, tokens, twofa
 from api.domain.context import Context
 from api.keys import CACHE, DUMMY_HASH, OFFLOAD, POOL, PRINCIPAL, SETTINGS, TWOFA
 from api.parsing import parse_json, parse_query
-from api.schemas import CodeBody, DisableMethodBody, UserBody, UserQuery, VerifyBody
+from api.domain import contacts
+from api.schemas import (
+    ChallengeBody,
+    CodeBody,
+    DisableMethodBody,
+    EmailSetupBody,
+    SmsSetupBody,
+    UserBody,
+    UserQuery,
+    VerifyBody,
+)
 from api.views.common import context_of, origin_of, principal_of
 
 
@@ -52,6 +62,65 @@ async def verify_totp_setup(request: web.Request) -> web.Response:
     external_id = subject_of(request, body.userId)
     async with request.app[POOL].acquire() as conn:
         result = await twofa.verify_setup(conn, request.app[TWOFA], context_of(request), external_id, body.code)
+    return ok(result)
+
+
+async def setup_sms(request: web.Request) -> web.Response:
+    body = await parse_json(request, SmsSetupBody)
+    external_id = subject_of(request, body.userId)
+    destination = contacts.phone(body.phoneNumber)
+    async with request.app[POOL].acquire() as conn:
+        result = await twofa.setup_contact(
+            conn, request.app[TWOFA], context_of(request), external_id, "sms", destination
+        )
+    return ok(result)
+
+
+async def setup_email(request: web.Request) -> web.Response:
+    body = await parse_json(request, EmailSetupBody)
+    external_id = subject_of(request, body.userId)
+    destination = contacts.email(str(body.email))
+    async with request.app[POOL].acquire() as conn:
+        result = await twofa.setup_contact(
+            conn, request.app[TWOFA], context_of(request), external_id, "email", destination
+        )
+    return ok(result)
+
+
+async def _verify_contact_setup(request: web.Request, kind: contacts.Kind) -> web.Response:
+    body = await parse_json(request, CodeBody)
+    external_id = subject_of(request, body.userId)
+    async with request.app[POOL].acquire() as conn:
+        result = await twofa.verify_contact_setup(
+            conn, request.app[TWOFA], context_of(request), external_id, kind, body.code
+        )
+    return ok(result)
+
+
+async def verify_sms_setup(request: web.Request) -> web.Response:
+    return await _verify_contact_setup(request, "sms")
+
+
+async def verify_email_setup(request: web.Request) -> web.Response:
+    return await _verify_contact_setup(request, "email")
+
+
+async def challenge(request: web.Request) -> web.Response:
+    """Send a login code: with `tempToken` for the account logging in (that token alone
+    authorises it), or with an API key for its end user `userId`."""
+    body = await parse_json(request, ChallengeBody)
+    if body.tempToken is not None:
+        if body.userId is not None:
+            raise _field_error("userId", "userId is not allowed with a tempToken")
+        claims = tokens.decode(body.tempToken, "temp", request.app[SETTINGS].JWT_ACCESS_SECRET)
+        account_id = tokens.subject_uuid(claims)
+        ctx, external_id = Context.for_account(account_id, origin_of(request)), str(account_id)
+    else:
+        request[PRINCIPAL] = await authenticate(request, TEMP_TOKEN_OR_KEY)
+        external_id = subject_of(request, body.userId)
+        ctx = context_of(request)
+    async with request.app[POOL].acquire() as conn:
+        result = await twofa.challenge(conn, request.app[TWOFA], ctx, external_id, body.method)
     return ok(result)
 
 
