@@ -200,7 +200,8 @@ async def cleanup_resources(settings: Settings) -> None:
         connection = await aio_pika.connect(settings.RABBITMQ_URL, timeout=5)
         async with connection:
             channel = await connection.channel()
-            for name in topology.all_queues(settings.WEBHOOK_RETRY_DELAYS):
+            delays = [*settings.WEBHOOK_RETRY_DELAYS, settings.WEBHOOK_DEFER_SECONDS]
+            for name in topology.all_queues(delays):
                 await channel.queue_delete(name)
             await channel.exchange_delete(topology.exchange)
 
@@ -214,17 +215,24 @@ async def cleanup_resources(settings: Settings) -> None:
 
 
 class System:
-    """The API and the three consumers, each in its own session, logging to files."""
+    """The API and the three consumers (or the `services` given), each in its own session,
+    logging to files."""
 
-    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_dir: Path,
+        services: dict[str, tuple[str, int] | None] | None = None,
+    ) -> None:
         self.env = env
         self.log_dir = log_dir
+        self.services = SERVICES if services is None else services
         self.workdir = Path(tempfile.mkdtemp(prefix="tfa-bench-"))  # no .env here
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        for module in SERVICES:
+        for module in self.services:
             with open(self.log_dir / f"{module}.log", "wb") as log:
                 self.procs[module] = subprocess.Popen(
                     [sys.executable, "-m", module],
@@ -244,7 +252,7 @@ class System:
 
     def wait_ready(self, timeout: float = 60) -> None:
         urls = [f"http://{HOST}:{API_PORT}/api/health/ready"] + [
-            f"http://{HOST}:{port[1]}/health/ready" for port in SERVICES.values() if port
+            f"http://{HOST}:{port[1]}/health/ready" for port in self.services.values() if port
         ]
         deadline = time.monotonic() + timeout
         pending = list(urls)
@@ -411,6 +419,18 @@ def step_at(t: float) -> int:
     return int(t // STEP_SECONDS)
 
 
+def wrong_code(secret: str, now: int) -> str:
+    """A code that none of the steps the API could compare it with during the next minutes (the
+    window and the skew search around step `now`) produces."""
+    totp = pyotp.TOTP(secret)
+    spread = SKEW_SEARCH_STEPS + 5
+    taken = {totp.generate_otp(s) for s in range(now - spread, now + spread + 1)}
+    code = f"{random.randrange(10**6):06d}"
+    while code in taken:
+        code = f"{random.randrange(10**6):06d}"
+    return code
+
+
 @dataclass
 class Pool:
     """End users with TOTP enabled, and the latest time step any of them may have used."""
@@ -538,15 +558,7 @@ class Verify:
         compare it with during the next minutes (the window and the skew search) produces."""
         pool = self.pools["small"]
         now = step_at(time.time())
-        spread = SKEW_SEARCH_STEPS + 5
-        lines = []
-        for user_id, secret in pool.secrets.items():
-            totp = pyotp.TOTP(secret)
-            taken = {totp.generate_otp(s) for s in range(now - spread, now + spread + 1)}
-            code = f"{random.randrange(10**6):06d}"
-            while code in taken:
-                code = f"{random.randrange(10**6):06d}"
-            lines.append(f"{user_id} {code}")
+        lines = [f"{user_id} {wrong_code(secret, now)}" for user_id, secret in pool.secrets.items()]
         random.shuffle(lines)
         return self._write(lines), {"pool": "small", "pairs": len(lines), "mode": "cycle"}
 

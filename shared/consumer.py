@@ -33,7 +33,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from aiohttp import web
 from pydantic import ValidationError
 
-from shared import broker
+from shared import broker, metrics
 from shared.config import Settings
 from shared.errors import Permanent, Transient
 from shared.events import Event
@@ -181,6 +181,7 @@ class Consumer:
         for prefix in ("/health", "/api/health"):
             for suffix, handler in health_routes(self.health):
                 app.router.add_get(prefix + suffix, handler)
+        app.router.add_get("/metrics", metrics.metrics_handler)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         self._stack.push_async_callback(runner.cleanup)
@@ -206,7 +207,7 @@ class Consumer:
                 item = inbox.decode(message.body)
             except ValidationError as exc:
                 log.error("poison message sent to DLQ", errors=exc.error_count())
-                await message.reject(requeue=False)
+                await _dead_letter(inbox, message)
                 return
             if isinstance(item, Event):
                 structlog.contextvars.bind_contextvars(event_id=str(item.id), event_type=item.type)
@@ -219,7 +220,7 @@ class Consumer:
                 return
             except Permanent as exc:
                 log.error("permanent failure; message sent to DLQ", error=str(exc))
-                await message.reject(requeue=False)
+                await _dead_letter(inbox, message)
                 return
             except Exception:
                 # Unknown failure: requeue once through the retry path rather than lose it.
@@ -227,6 +228,7 @@ class Consumer:
                 await self._retry(inbox, message, None)
                 return
             await message.ack()
+            metrics.MESSAGES_CONSUMED.labels(inbox.queue, "acked").inc()
             self.handled += 1
         finally:
             structlog.contextvars.unbind_contextvars("message_id", "event_id", "event_type")
@@ -237,7 +239,7 @@ class Consumer:
         attempt = _attempt(message)
         if attempt > len(self.retry_delays):
             log.error("retries exhausted; message sent to DLQ", attempt=attempt, error=repr(exc))
-            await message.reject(requeue=False)
+            await _dead_letter(inbox, message)
             return
         delay = self.retry_delays[attempt - 1]
         await self.publish(
@@ -249,6 +251,12 @@ class Consumer:
         )
         log.warning("transient failure; retry scheduled", attempt=attempt, delay=delay, error=repr(exc))
         await message.ack()
+        metrics.MESSAGES_CONSUMED.labels(inbox.queue, "retried").inc()
+
+
+async def _dead_letter(inbox: Inbox, message: AbstractIncomingMessage) -> None:
+    await message.reject(requeue=False)  # the queue dead-letters it into <queue>.dlq
+    metrics.MESSAGES_CONSUMED.labels(inbox.queue, "dead_lettered").inc()
 
 
 def _attempt(message: AbstractIncomingMessage) -> int:

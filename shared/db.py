@@ -50,6 +50,12 @@ async def init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Released connections skip asyncpg's `RESET ALL; UNLISTEN *; ...` round trip: nothing here
+    sets session state outside a transaction (only `SET LOCAL`), and an open transaction is still
+    rolled back by the pool before this runs."""
+
+
 @asynccontextmanager
 async def create_pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
     """The process's connection pool; closed when the context ends."""
@@ -58,6 +64,7 @@ async def create_pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
         min_size=min(settings.DB_POOL_MIN, settings.DB_POOL_MAX),
         max_size=settings.DB_POOL_MAX,
         init=init_connection,
+        reset=_keep_session,
         command_timeout=10,
     )
     try:

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 import asyncpg
 import structlog
 
+from shared import metrics
 from shared.broker import Publisher
 from shared.events import Event
 
@@ -23,7 +25,7 @@ log = structlog.get_logger(__name__)
 
 INSERT_SQL = "INSERT INTO outbox (id, type, body) VALUES ($1, $2, $3)"
 CLAIM_SQL = """
-SELECT seq, id, type, body FROM outbox
+SELECT seq, id, type, body, created_at FROM outbox
 WHERE sent_at IS NULL
 ORDER BY seq
 LIMIT $1
@@ -70,12 +72,16 @@ class Relay:
         async with self._pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(CLAIM_SQL, self._batch)
             if not rows:
+                metrics.OUTBOX_LAG.set(0)
                 return 0
             await asyncio.gather(
                 *(self._publisher.publish(str(r["id"]), r["type"], r["body"]) for r in rows)
             )
             await conn.execute(MARK_SENT_SQL, [r["seq"] for r in rows])
         self.published += len(rows)
+        metrics.OUTBOX_LAG.set(max((time.time() - rows[0]["created_at"].timestamp()), 0.0))
+        for row in rows:
+            metrics.EVENTS_PUBLISHED.labels(row["type"]).inc()
         return len(rows)
 
     async def purge_sent(self) -> None:

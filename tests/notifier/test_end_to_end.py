@@ -4,6 +4,7 @@ and then a login."""
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 import notifier.main
@@ -14,7 +15,11 @@ from tests.fakes.smtp_server import smtp_server
 from tests.fakes.twilio_server import twilio_server
 from tests.ids import random_user_id
 
-PHONE = "+14155552671"
+
+
+def unique_phone() -> str:
+    """A valid number no other test texts (leftover retries from other tests go elsewhere)."""
+    return f"+1415555{secrets.randbelow(10_000):04d}"
 
 
 async def start_notifier(**providers: Any):
@@ -30,17 +35,17 @@ async def test_sms_setup_and_verification_with_the_code_twilio_delivered(app_fac
         try:
             account = await new_account(api)
             key = {"X-API-Key": (await create_key(api, account))["apiKey"]}
-            user_id = random_user_id()
-            r = await api.post("/api/2fa/sms/setup", json={"userId": user_id, "phoneNumber": PHONE}, headers=key)
+            user_id, phone = random_user_id(), unique_phone()
+            r = await api.post("/api/2fa/sms/setup", json={"userId": user_id, "phoneNumber": phone}, headers=key)
             assert r.status == 200, await r.text()
-            [setup] = await twilio.wait_for(1, to=PHONE)
+            [setup] = await twilio.wait_for(1, to=phone)
             assert setup.from_ == twilio.phone_number
             r = await api.post("/api/2fa/sms/verify-setup", json={"userId": user_id, "code": setup.code}, headers=key)
             assert r.status == 200, await r.text()
 
             r = await api.post("/api/2fa/challenge", json={"userId": user_id, "method": "sms"}, headers=key)
             assert r.status == 200, await r.text()
-            challenge = (await twilio.wait_for(2, to=PHONE))[1]
+            challenge = (await twilio.wait_for(2, to=phone))[1]
             assert challenge.code != setup.code
             r = await api.post("/api/2fa/verify", json={"userId": user_id, "code": challenge.code}, headers=key)
             assert r.status == 200, await r.text()

@@ -45,7 +45,7 @@ from api.keys import (
     TWOFA,
 )
 from api.middleware import core_middleware, cors_middleware
-from api.routes import BASE, register
+from api.routes import register
 
 log = structlog.get_logger(__name__)
 
@@ -141,7 +141,7 @@ def create_app(settings: Settings) -> web.Application:
     app[HEALTH] = Health(component="api", memory_limit_mb=settings.HEALTH_MEMORY_LIMIT_MB)
     app[ACCESS] = {}
     routes = register(app)
-    app[OPENAPI] = openapi.build(routes, BASE)
+    app[OPENAPI] = openapi.build(routes)
     app.cleanup_ctx.extend(
         [cpu_pool_ctx, pool_ctx, cache_ctx, twofa_ctx, broker_ctx, relay_ctx, last_used_ctx]
     )

@@ -19,7 +19,7 @@ import redis.exceptions
 import structlog
 from aiohttp import web
 
-from shared import envelope
+from shared import envelope, metrics
 from shared.errors import (
     AppError,
     MethodNotAllowed,
@@ -68,6 +68,12 @@ def _from_http_exception(exc: web.HTTPException) -> AppError:
     return AppError()
 
 
+def _route_template(request: web.Request) -> str:
+    """The matched route's template (bounded label values), or "unmatched"."""
+    resource = getattr(request.match_info.route, "resource", None)
+    return resource.canonical if resource is not None else "unmatched"
+
+
 async def _record_denial(request: web.Request, refused: ForeignResource) -> None:
     """Put a refused cross-owner attempt on the record; the 404 goes out either way."""
     try:
@@ -109,13 +115,17 @@ async def core_middleware(request: web.Request, handler: Handler) -> web.StreamR
     response.headers["X-Request-Id"] = request_id
     for name, value in request.get(RATE_HEADERS, {}).items():
         response.headers[name] = value
+    elapsed = time.perf_counter() - started
+    route = _route_template(request)
+    metrics.HTTP_REQUESTS.labels(request.method, route, str(response.status)).inc()
+    metrics.HTTP_LATENCY.labels(request.method, route).observe(elapsed)
     principal = request.get(PRINCIPAL)
     log.info(
         "request",
         method=request.method,
         path=request.path,
         status=response.status,
-        ms=round((time.perf_counter() - started) * 1000, 2),
+        ms=round(elapsed * 1000, 2),
         principal=f"{principal.kind}:{principal.api_key_id or principal.owner_id}" if principal else None,
         error_code=error_code,
     )

@@ -98,8 +98,8 @@ def _error_response(description: str) -> dict[str, Any]:
     }
 
 
-def build(routes: list[Any], base: str) -> dict[str, Any]:
-    """The OpenAPI document for `routes` mounted under `base`."""
+def build(routes: list[Any]) -> dict[str, Any]:
+    """The OpenAPI document for `routes`, each at its own base (`/api`, or the root)."""
     components = _Components()
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
@@ -134,7 +134,7 @@ def build(routes: list[Any], base: str) -> dict[str, Any]:
                 "required": required,
                 "content": {"application/json": {"schema": components.ref(route.body, "validation")}},
             }
-        paths.setdefault(base + route.path, {})[route.method.lower()] = op
+        paths.setdefault(route.base + route.path, {})[route.method.lower()] = op
     return {
         "openapi": "3.1.0",
         "info": {

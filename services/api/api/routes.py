@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from pydantic import BaseModel
 
+from shared import metrics
 from shared.health import health_routes
 
 from api import schemas as s
@@ -33,6 +34,8 @@ class Route:
     response: type[BaseModel] | None = None
     status: int = 200
     is_list: bool = False
+    # Mounted under /api unless it belongs to the process rather than the API (/metrics).
+    base: str = BASE
 
 
 def api_routes() -> list[Route]:
@@ -128,6 +131,9 @@ def api_routes() -> list[Route]:
               "Recompute the hash chain; names the first entry that does not verify", "audit",
               response=s.AuditVerdict),
         Route("GET", "/openapi.json", docs.openapi, PUBLIC, "This document", "meta"),
+        Route("GET", "/metrics", metrics.metrics_handler, PUBLIC,
+              "Prometheus metrics of this process (scrape it inside the cluster; keep it off the Ingress)",
+              "meta", base=""),
     ]
 
 
@@ -145,6 +151,6 @@ def register(app: web.Application) -> list[Route]:
     routes = api_routes() + health_api_routes(app)
     access = app[ACCESS]
     for route in routes:
-        registered = app.router.add_route(route.method, BASE + route.path, route.handler)
+        registered = app.router.add_route(route.method, route.base + route.path, route.handler)
         access[registered] = route.access
     return routes

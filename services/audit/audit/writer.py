@@ -14,6 +14,7 @@ import contextlib
 import asyncpg
 import structlog
 
+from shared import metrics
 from shared.errors import Transient
 from shared.events import Event
 
@@ -69,7 +70,9 @@ class BatchWriter:
     async def _commit(self, batch: list[tuple[Event, asyncio.Future[None]]]) -> None:
         try:
             async with self._pool.acquire() as conn:
-                self.written += await store.write_batch(conn, [event for event, _ in batch])
+                written = await store.write_batch(conn, [event for event, _ in batch])
+            self.written += written
+            metrics.AUDIT_ENTRIES.inc(written)
         except (asyncio.CancelledError, KeyboardInterrupt):
             for _, future in batch:
                 if not future.done():

@@ -11,6 +11,8 @@ from typing import Literal
 
 import asyncpg
 
+from shared import metrics
+
 Status = Literal["sent", "retrying", "failed"]
 
 STATUS_SQL = "SELECT status FROM notifications WHERE id = $1"
@@ -49,3 +51,4 @@ async def record(
     await conn.execute(
         RECORD_SQL, command_id, owner_id, channel, masked_to, status, provider_id, error
     )
+    metrics.NOTIFICATIONS.labels(channel, status).inc()

@@ -21,7 +21,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field
 from yarl import URL
 
-from shared import webhook_signing
+from shared import metrics, webhook_signing
 from shared.config import Settings
 from shared.crypto import SecretBox
 from shared.events import WEBHOOK_EVENT_TYPES, Event, EventType
@@ -165,6 +165,8 @@ class Dispatcher:
         attempt = store.Attempt(
             status, outcome.status_code, outcome.latency_ms, outcome.error, next_retry_at
         )
+        metrics.WEBHOOK_ATTEMPTS.labels(status).inc()
+        metrics.WEBHOOK_LATENCY.observe(outcome.latency_ms / 1000)
         async with self._pool.acquire() as conn:
             streak = await store.record(conn, claimed, attempt)
             if streak is not None and status == "failed":

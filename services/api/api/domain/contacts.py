@@ -38,7 +38,8 @@ RETURNING 1
 """
 USED_SQL = """
 UPDATE contact_factors SET last_used_at = now()
-WHERE owner_id = $1 AND end_user_id = $2 AND kind = $3
+WHERE owner_id = $1 AND end_user_id = $2 AND kind = $3 AND enabled_at IS NOT NULL
+RETURNING 1
 """
 DELETE_SQL = """
 DELETE FROM contact_factors WHERE owner_id = $1 AND end_user_id = $2 AND kind = $3
@@ -117,8 +118,9 @@ async def enable(conn: asyncpg.Connection, user: EndUser, kind: Kind) -> bool:
     return await conn.fetchval(ENABLE_SQL, user.owner_id, user.id, kind) is not None
 
 
-async def mark_used(conn: asyncpg.Connection, user: EndUser, kind: Kind) -> None:
-    await conn.execute(USED_SQL, user.owner_id, user.id, kind)
+async def mark_used(conn: asyncpg.Connection, user: EndUser, kind: Kind) -> bool:
+    """Note the use; False when the method is no longer enabled (its code must not count)."""
+    return await conn.fetchval(USED_SQL, user.owner_id, user.id, kind) is not None
 
 
 async def delete(conn: asyncpg.Connection, user: EndUser, kind: Kind) -> bool:

@@ -139,8 +139,14 @@ async def refuse_if_too_soon(cache: Cache, user: EndUser, channel: Channel, purp
         raise RateLimited(left, "A code was sent moments ago; wait before asking again", code="RESEND_TOO_SOON")
 
 
-async def has_pending(cache: Cache, user: EndUser, channel: Channel, purpose: Purpose) -> bool:
-    return bool(await cache.client.exists(_code_key(cache, user, channel, purpose)))
+async def pending_channels(cache: Cache, user: EndUser, purpose: Purpose) -> list[Channel]:
+    """The channels with a code waiting for this user (one Redis round trip)."""
+    channels: list[Channel] = ["sms", "email"]
+    async with cache.client.pipeline(transaction=False) as pipe:
+        for channel in channels:
+            pipe.exists(_code_key(cache, user, channel, purpose))
+        found = await pipe.execute()
+    return [channel for channel, exists in zip(channels, found, strict=True) if exists]
 
 
 @dataclass(frozen=True, slots=True)

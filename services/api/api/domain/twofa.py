@@ -163,9 +163,9 @@ async def _contact_kinds(conn: asyncpg.Connection, user: EndUser, *, skip: bool)
 
 
 async def _used(conn: asyncpg.Connection, user: EndUser, kind: Kind) -> bool:
-    """The SMS/email code was consumed in Redis already; note when the method was last used."""
-    await contacts.mark_used(conn, user, kind)
-    return True
+    """The SMS/email code was consumed in Redis already; it counts only while the method is
+    still enabled (a code sent before the method was turned off does not)."""
+    return await contacts.mark_used(conn, user, kind)
 
 
 async def _accept(
@@ -212,9 +212,8 @@ async def verify(
             reason = "clock_skew"
             message, details = _skew_message(skew)
     if is_six_digits and not accepted and reason == "invalid_code":
-        if not contact_kinds:
-            contact_kinds = await _contact_kinds(conn, user, skip=False)
-        for kind in contact_kinds:
+        # A login code is only ever sent for an enabled method, so what waits in Redis is enough.
+        for kind in await otc.pending_channels(deps.cache, user, "login"):
             checked = await otc.check(deps.cache, deps.box, user, kind, "login", code)
             if checked.status == "none":
                 continue
