@@ -120,6 +120,8 @@ class Settings(BaseSettings):
     # Days of audit entries kept; older daily partitions are dropped whole. 0 keeps everything.
     AUDIT_RETENTION_DAYS: int = Field(default=365, ge=0)
     AUDIT_BATCH_SIZE: int = Field(default=500, ge=1, le=10_000)
+    # Seconds a batch waits for more events after its first: fewer, larger transactions.
+    AUDIT_BATCH_WAIT_SECONDS: float = Field(default=0.1, gt=0, le=5)
     # Messages one audit replica holds at once: enough to fill a few batches.
     AUDIT_PREFETCH: int = Field(default=2000, ge=1)
     AUDIT_MAINTENANCE_SECONDS: float = Field(default=3600.0, gt=0)

@@ -54,7 +54,9 @@ def build(settings: Settings, *, health_port: int | None = None) -> Consumer:
     async def setup(stack: AsyncExitStack, health: Health) -> Handler:
         pool = await stack.enter_async_context(db.create_pool(settings))
         health.register("database", lambda: db.ping(pool))
-        writer = BatchWriter(pool, max_batch=settings.AUDIT_BATCH_SIZE)
+        writer = BatchWriter(
+            pool, max_batch=settings.AUDIT_BATCH_SIZE, max_wait=settings.AUDIT_BATCH_WAIT_SECONDS
+        )
         writer.start()
         stack.push_async_callback(writer.stop)
         task = asyncio.create_task(_maintenance_loop(pool, settings), name="audit-maintenance")
