@@ -115,6 +115,8 @@ class Settings(BaseSettings):
     WEBHOOK_DEFER_SECONDS: int = Field(default=1, ge=1)
     # Messages a dispatcher replica works on at once (its prefetch): many endpoints in flight.
     WEBHOOK_MAX_IN_FLIGHT: int = Field(default=256, ge=1)
+    # Seconds the dispatcher gathers concurrent deliveries into one database statement.
+    WEBHOOK_BATCH_WAIT_SECONDS: float = Field(default=0.002, ge=0, le=1)
 
     # Audit
     # Days of audit entries kept; older daily partitions are dropped whole. 0 keeps everything.

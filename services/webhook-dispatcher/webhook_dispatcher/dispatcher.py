@@ -22,8 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from yarl import URL
 
 from shared import metrics, webhook_signing
+from shared.batching import Batcher
 from shared.config import Settings
 from shared.crypto import SecretBox
+from shared.errors import Transient
 from shared.events import WEBHOOK_EVENT_TYPES, Event, EventType
 
 from webhook_dispatcher import store
@@ -81,6 +83,34 @@ class Dispatcher:
         self._publish = publish
         # Long enough for a wait for an endpoint slot and the attempt itself.
         self._lease_seconds = 2 * settings.WEBHOOK_TIMEOUT_SECONDS + 5
+        # Events fan out, and attempts are recorded, a batch per statement: under load one
+        # round trip serves many deliveries; when idle a batch is one item, sent at once.
+        wait = settings.WEBHOOK_BATCH_WAIT_SECONDS
+        self._openings: Batcher[store.Opening, list[store.Target]] = Batcher(
+            self._open_batch, max_batch=200, max_wait=wait, name="webhook-open"
+        )
+        self._records: Batcher[tuple[store.Claimed, store.Attempt], tuple[int, bool] | None] = Batcher(
+            self._record_batch, max_batch=200, max_wait=wait, name="webhook-record"
+        )
+
+    def start(self) -> None:
+        self._openings.start()
+        self._records.start()
+
+    async def stop(self) -> None:
+        reason = Transient("the dispatcher stopped")
+        await self._openings.stop(reason)
+        await self._records.stop(reason)
+
+    async def _open_batch(self, batch: list[store.Opening]) -> list[list[store.Target]]:
+        async with self._pool.acquire() as conn:
+            return await store.open_deliveries(conn, batch, self._lease_seconds)
+
+    async def _record_batch(
+        self, batch: list[tuple[store.Claimed, store.Attempt]]
+    ) -> list[tuple[int, bool] | None]:
+        async with self._pool.acquire() as conn:
+            return await store.record(conn, batch)
 
     # --- entry points -------------------------------------------------------------------------
 
@@ -92,8 +122,7 @@ class Dispatcher:
             return
         only = uuid.UUID(event.data["webhookId"]) if event.type == EventType.WEBHOOK_TEST else None
         body = webhook_signing.body(event.id, event.type.value, event.occurredAt, event.data)
-        async with self._pool.acquire() as conn:
-            targets = await store.open_deliveries(conn, event, body, only, self._lease_seconds)
+        targets = await self._openings.submit(store.Opening(event, body, only))
         await asyncio.gather(*(self._resume(t, event, body) for t in targets))
 
     async def on_job(self, job: DeliveryJob) -> None:
@@ -167,12 +196,12 @@ class Dispatcher:
         )
         metrics.WEBHOOK_ATTEMPTS.labels(status).inc()
         metrics.WEBHOOK_LATENCY.observe(outcome.latency_ms / 1000)
-        async with self._pool.acquire() as conn:
-            streak = await store.record(conn, claimed, attempt)
-            if streak is not None and status == "failed":
-                failures, active = streak
-                if active and failures >= self.settings.WEBHOOK_DISABLE_AFTER:
-                    reason = f"{failures} events in a row could not be delivered"
+        streak = await self._records.submit((claimed, attempt))
+        if streak is not None and status == "failed":
+            failures, active = streak
+            if active and failures >= self.settings.WEBHOOK_DISABLE_AFTER:
+                reason = f"{failures} events in a row could not be delivered"
+                async with self._pool.acquire() as conn:
                     if await store.deactivate(conn, claimed.webhook_id, reason):
                         log.warning("webhook deactivated", webhook_id=str(claimed.webhook_id))
         if retry_in is not None:

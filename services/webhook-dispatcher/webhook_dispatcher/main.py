@@ -36,6 +36,8 @@ def build(settings: Settings, *, health_port: int | None = None) -> Consumer:
         dispatcher = Dispatcher(
             settings, pool, SecretBox(settings.ENCRYPTION_KEY), sender, publish_job
         )
+        dispatcher.start()
+        stack.push_async_callback(dispatcher.stop)
         jobs = Inbox(
             jobs_queue,
             DeliveryJob.from_bytes,

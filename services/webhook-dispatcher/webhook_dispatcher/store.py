@@ -8,7 +8,7 @@ never send it at the same time; the lease of a worker that died simply runs out.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 import asyncpg
@@ -21,30 +21,39 @@ ARRAY(SELECT s.ciphertext FROM webhook_secrets s
       WHERE s.webhook_id = w.id AND (s.expires_at IS NULL OR s.expires_at > now())
       ORDER BY s.created_at DESC, s.id) AS secrets
 """
-# For one event: its target webhooks (the owner's active subscribers to its type that existed
-# when it occurred, or the one webhook a test names), a delivery row for each, leased at once when it is new. Rows that
-# already existed (the broker redelivered the event) come back unleased, to be resumed.
+# For a batch of events: each one's target webhooks (the owner's active subscribers to its type
+# that existed when it occurred, or the one webhook a test names), a delivery row for each,
+# leased at once when it is new. Rows that already existed (the broker redelivered the event)
+# come back unleased, to be resumed.
 OPEN_SQL = f"""
-WITH w AS (
-    SELECT id, url, active FROM webhooks
-    WHERE owner_id = $1
-      AND CASE WHEN $5::uuid IS NULL THEN active AND $2 = ANY(events) AND created_at <= $7
-               ELSE id = $5 END
+WITH e AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::bytea[], $5::uuid[],
+                         $6::timestamptz[])
+        AS e(owner_id, type, event_id, body, only_webhook, occurred_at)
+),
+w AS (
+    SELECT e.event_id, e.owner_id, e.type, e.body, h.id, h.url, h.active
+    FROM e JOIN webhooks h ON h.owner_id = e.owner_id
+     AND CASE WHEN e.only_webhook IS NULL
+              THEN h.active AND e.type = ANY(h.events) AND h.created_at <= e.occurred_at
+              ELSE h.id = e.only_webhook END
 ),
 created AS (
     INSERT INTO webhook_deliveries
         (id, owner_id, webhook_id, event_id, event_type, body, lease_until)
-    SELECT gen_random_uuid(), $1, w.id, $3, $2, $4, now() + make_interval(secs => $6) FROM w
+    SELECT gen_random_uuid(), w.owner_id, w.id, w.event_id, w.type, w.body,
+           now() + make_interval(secs => $7)
+    FROM w
     ON CONFLICT (webhook_id, event_id) DO NOTHING
-    RETURNING id, webhook_id, status, attempts, run_base
+    RETURNING id, webhook_id, event_id, status, attempts, run_base
 )
-SELECT c.id, c.webhook_id, c.status, c.attempts, c.run_base, true AS created, w.url, w.active,
-       {LIVE_SECRETS}
-FROM created c JOIN w ON w.id = c.webhook_id
+SELECT c.event_id, c.id, c.webhook_id, c.status, c.attempts, c.run_base, true AS created,
+       w.url, w.active, {LIVE_SECRETS}
+FROM created c JOIN w ON w.id = c.webhook_id AND w.event_id = c.event_id
 UNION ALL
-SELECT d.id, d.webhook_id, d.status, d.attempts, d.run_base, false, w.url, w.active, NULL
-FROM webhook_deliveries d JOIN w ON w.id = d.webhook_id
-WHERE d.event_id = $3
+SELECT d.event_id, d.id, d.webhook_id, d.status, d.attempts, d.run_base, false,
+       w.url, w.active, NULL
+FROM webhook_deliveries d JOIN w ON w.id = d.webhook_id AND w.event_id = d.event_id
 """
 CLAIM_SQL = f"""
 WITH d AS (
@@ -67,24 +76,41 @@ UPDATE webhook_deliveries
 SET status = 'failed', lease_until = NULL, next_retry_at = NULL, updated_at = now()
 WHERE id = $1
 """
-# One statement: the attempt's log entry, the delivery's new state, the webhook's failure
-# streak (reset by a success, lengthened by an event whose last attempt failed).
+# One statement for a batch of attempts: their log entries, their deliveries' new state, and
+# each webhook's failure streak (reset by a success, lengthened by each event whose last attempt
+# failed); returns the streaks that changed.
 RECORD_SQL = """
-WITH logged AS (
+WITH a AS (
+    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::int[], $5::text[], $6::int[],
+                         $7::int[], $8::text[], $9::timestamptz[])
+        AS a(owner_id, webhook_id, delivery_id, attempt, status, status_code, latency_ms, error,
+             next_retry_at)
+),
+logged AS (
     INSERT INTO webhook_attempts (id, owner_id, webhook_id, delivery_id, attempt, status,
                                   status_code, latency_ms, error, next_retry_at)
-    VALUES (gen_random_uuid(), $1, $2, $3, $4, $5, $6, $7, $8, $9)
+    SELECT gen_random_uuid(), owner_id, webhook_id, delivery_id, attempt, status, status_code,
+           latency_ms, error, next_retry_at
+    FROM a
     ON CONFLICT (delivery_id, attempt) DO NOTHING
 ),
 delivery AS (
-    UPDATE webhook_deliveries
-    SET attempts = $4, status = $5, next_retry_at = $9, lease_until = NULL, updated_at = now()
-    WHERE id = $3 AND attempts = $4 - 1
+    UPDATE webhook_deliveries d
+    SET attempts = a.attempt, status = a.status, next_retry_at = a.next_retry_at,
+        lease_until = NULL, updated_at = now()
+    FROM a WHERE d.id = a.delivery_id AND d.attempts = a.attempt - 1
+),
+streak AS (
+    SELECT webhook_id, bool_or(status = 'succeeded') AS succeeded,
+           count(*) FILTER (WHERE status = 'failed') AS failed
+    FROM a GROUP BY webhook_id
 )
-UPDATE webhooks
-SET consecutive_failures = CASE WHEN $5 = 'succeeded' THEN 0 ELSE consecutive_failures + 1 END
-WHERE id = $2 AND (($5 = 'succeeded' AND consecutive_failures <> 0) OR $5 = 'failed')
-RETURNING consecutive_failures, active
+UPDATE webhooks h
+SET consecutive_failures = CASE WHEN s.succeeded THEN s.failed
+                                ELSE h.consecutive_failures + s.failed END
+FROM streak s
+WHERE h.id = s.webhook_id AND (s.failed > 0 OR (s.succeeded AND h.consecutive_failures <> 0))
+RETURNING h.id, h.consecutive_failures, h.active
 """
 DEACTIVATE_SQL = """
 UPDATE webhooks
@@ -128,30 +154,47 @@ class Claimed:
     secrets: list[bytes]
 
 
+@dataclass(frozen=True, slots=True)
+class Opening:
+    """An event to fan out, with the body every delivery of it sends."""
+
+    event: Event
+    body: bytes
+    only_webhook: uuid.UUID | None
+
+
 async def open_deliveries(
-    conn: asyncpg.Connection,
-    event: Event,
-    body: bytes,
-    only_webhook: uuid.UUID | None,
-    lease_seconds: float,
-) -> list[Target]:
+    conn: asyncpg.Connection, batch: list[Opening], lease_seconds: float
+) -> list[list[Target]]:
+    """The targets of each event of the batch (same order). An event that appears twice in the
+    batch (a broker duplicate) gets its new deliveries once: the copy resumes them instead."""
+    unique = list({o.event.id: o for o in reversed(batch)}.values())
     rows = await conn.fetch(
         OPEN_SQL,
-        event.ownerId,
-        event.type.value,
-        event.id,
-        body,
-        only_webhook,
+        [o.event.ownerId for o in unique],
+        [o.event.type.value for o in unique],
+        [o.event.id for o in unique],
+        [o.body for o in unique],
+        [o.only_webhook for o in unique],
+        [o.event.occurredAt for o in unique],
         lease_seconds,
-        event.occurredAt,
     )
-    return [
-        Target(
-            r["id"], r["webhook_id"], r["status"], r["attempts"], r["run_base"], r["created"],
-            r["url"], r["active"], list(r["secrets"]) if r["secrets"] is not None else None,
+    by_event: dict[uuid.UUID, list[Target]] = {}
+    for r in rows:
+        by_event.setdefault(r["event_id"], []).append(
+            Target(
+                r["id"], r["webhook_id"], r["status"], r["attempts"], r["run_base"], r["created"],
+                r["url"], r["active"], list(r["secrets"]) if r["secrets"] is not None else None,
+            )
         )
-        for r in rows
-    ]
+    results, seen = [], set()
+    for opening in batch:
+        targets = by_event.get(opening.event.id, [])
+        if opening.event.id in seen:
+            targets = [replace(t, created=False, secrets=None) for t in targets]
+        seen.add(opening.event.id)
+        results.append(targets)
+    return results
 
 
 def claimed_new(target: Target, event: Event, body: bytes) -> Claimed:
@@ -202,22 +245,25 @@ class Attempt:
     next_retry_at: datetime | None
 
 
-async def record(conn: asyncpg.Connection, claimed: Claimed, attempt: Attempt) -> tuple[int, bool] | None:
-    """Log the attempt and move the delivery on; the webhook's failure streak and whether it is
-    still active, when the streak changed."""
-    row = await conn.fetchrow(
+async def record(
+    conn: asyncpg.Connection, batch: list[tuple[Claimed, Attempt]]
+) -> list[tuple[int, bool] | None]:
+    """Log the attempts and move their deliveries on; for each, its webhook's failure streak and
+    whether it is still active, when the streak changed."""
+    rows = await conn.fetch(
         RECORD_SQL,
-        claimed.owner_id,
-        claimed.webhook_id,
-        claimed.delivery_id,
-        claimed.attempt,
-        attempt.status,
-        attempt.status_code,
-        attempt.latency_ms,
-        attempt.error,
-        attempt.next_retry_at,
+        [c.owner_id for c, _ in batch],
+        [c.webhook_id for c, _ in batch],
+        [c.delivery_id for c, _ in batch],
+        [c.attempt for c, _ in batch],
+        [a.status for _, a in batch],
+        [a.status_code for _, a in batch],
+        [a.latency_ms for _, a in batch],
+        [a.error for _, a in batch],
+        [a.next_retry_at for _, a in batch],
     )
-    return (row["consecutive_failures"], row["active"]) if row is not None else None
+    streaks = {r["id"]: (r["consecutive_failures"], r["active"]) for r in rows}
+    return [streaks.get(c.webhook_id) for c, _ in batch]
 
 
 async def deactivate(conn: asyncpg.Connection, webhook_id: uuid.UUID, reason: str) -> bool:

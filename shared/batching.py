@@ -1,0 +1,91 @@
+"""Micro-batching: many concurrent callers, one round trip per batch.
+
+`await batcher.submit(item)` returns that item's result once the batch holding it has been
+handled by `flush(items) -> results` (same order). A batch closes when it holds `max_batch` items
+or `max_wait` seconds after its first item arrived. If `flush` raises, every caller in the batch
+gets the exception. Batches run one at a time, in arrival order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Batcher(Generic[T, R]):
+    def __init__(
+        self,
+        flush: Callable[[list[T]], Awaitable[Sequence[R]]],
+        *,
+        max_batch: int,
+        max_wait: float,
+        name: str = "batcher",
+    ) -> None:
+        self._flush = flush
+        self._max_batch = max_batch
+        self._max_wait = max_wait
+        self._name = name
+        self._pending: list[tuple[T, asyncio.Future[R]]] = []
+        self._arrived = asyncio.Event()
+        self._full = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def submit(self, item: T) -> R:
+        if self._task is None:
+            raise RuntimeError(f"{self._name} is not running")
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        self._arrived.set()
+        if len(self._pending) >= self._max_batch:
+            self._full.set()
+        return await future
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=self._name)
+
+    async def stop(self, reason: Exception) -> None:
+        """Stop; callers still waiting get `reason`."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for _, future in self._pending:
+            if not future.done():
+                future.set_exception(reason)
+        self._pending = []
+
+    async def _run(self) -> None:
+        while True:
+            await self._arrived.wait()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._max_wait):
+                    await self._full.wait()
+            batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
+            if len(self._pending) < self._max_batch:
+                self._full.clear()
+            if not self._pending:
+                self._arrived.clear()
+            await self._handle(batch)
+
+    async def _handle(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+        try:
+            results = await self._flush([item for item, _ in batch])
+        except asyncio.CancelledError:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(RuntimeError(f"{self._name} stopped"))
+            raise
+        except Exception as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result)
