@@ -1,6 +1,7 @@
 """PostgreSQL access: the pool, database creation, and versioned migrations.
 
-Migrations are the numbered `.sql` files in `deploy/migrations`, applied in order, each in its
+Migrations are the numbered `.sql` files in `shared/migrations` (package data, so an installed
+package carries them), applied in order, each in its
 own transaction and recorded in `schema_migrations`. A session-level advisory lock makes it safe
 for several replicas to start at once: one applies, the others wait and then find nothing to do.
 """
@@ -21,7 +22,7 @@ from shared.config import Settings
 
 log = structlog.get_logger(__name__)
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "deploy" / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # Arbitrary constant shared by every replica: "tfa-migrate" as an int64.
 MIGRATION_LOCK_KEY = 0x7466612D6D6967
 
@@ -117,7 +118,11 @@ async def drop_database(database_url: str) -> None:
 
 
 def migration_files(directory: Path = MIGRATIONS_DIR) -> list[Path]:
-    return sorted(directory.glob("[0-9][0-9][0-9][0-9]_*.sql"))
+    """The numbered migrations, in order; none at all is an installation error, not "up to date"."""
+    found = sorted(directory.glob("[0-9][0-9][0-9][0-9]_*.sql"))
+    if not found:
+        raise FileNotFoundError(f"no migrations in {directory}: the package was installed without them")
+    return found
 
 
 async def migrate(database_url: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
