@@ -117,3 +117,17 @@ async def test_a_body_is_required_only_when_it_has_required_fields(client):
     assert documented[("post", "/api/auth/logout")]["requestBody"]["required"] is False
     assert documented[("post", "/api/auth/register")]["requestBody"]["required"] is True
     assert documented[("post", "/api/api-keys/{id}/rotate")]["requestBody"]["required"] is False
+
+
+async def test_the_docs_page_renders_the_spec_with_locally_served_assets(client):
+    r = await client.get("/api/docs")
+    assert r.status == 200 and r.headers["Content-Type"].startswith("text/html")
+    page = await r.text()
+    assert '"/api/openapi.json"' in page and "https://" not in page  # nothing from a CDN
+    for asset in ("swagger-ui.css", "swagger-ui-bundle.js", "swagger-ui-standalone-preset.js"):
+        assert f"/api/docs/static/{asset}" in page
+        r = await client.get(f"/api/docs/static/{asset}")
+        assert r.status == 200 and len(await r.read()) > 1000, asset
+    for name in ("../../../etc/passwd", "index.html", "%2e%2e%2fsecrets"):
+        r = await client.get(f"/api/docs/static/{name}")
+        assert r.status == 404, name
