@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 NODE   := tests/clients/node
 
-.PHONY: install run migrate test bench bench-webhooks clean audit-verify
+.PHONY: install run migrate test bench bench-webhooks bench-audit clean audit-verify
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,13 @@ bench: install
 ## make bench-webhooks: the webhook dispatcher's deliveries/s (1 and 2 replicas) and end-to-end latency
 bench-webhooks: install
 	@bash bench/webhooks.sh
+
+## make bench-audit: one audit replica's events/s, and GET /api/audit-logs over 1,000,000 entries
+## (options: make bench-audit BENCH_ARGS="--only ingest"; wrk is installed if missing)
+bench-audit: install
+	@command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null 2>&1 \
+		|| { apt-get update -qq && apt-get install -y -qq wrk; }
+	@$(BIN)/python bench/audit_bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info $(NODE)/node_modules

@@ -33,8 +33,11 @@ class Outcome:
 
 
 class EndpointLimiter:
-    """At most `limit` requests in flight to one endpoint, and at most `limit` more waiting;
-    a delivery beyond that is handed back (`None`) to wait in a delay queue instead."""
+    """At most `limit` requests in flight to one endpoint, and at most `WAITING * limit` more
+    waiting; a delivery beyond that is handed back (False) to wait in a delay queue instead, so
+    one slow endpoint holds a bounded share of the dispatcher's in-flight messages."""
+
+    WAITING = 4
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
@@ -45,7 +48,7 @@ class EndpointLimiter:
     async def slot(self, endpoint: str) -> AsyncIterator[bool]:
         """Yields True inside a slot, or False at once when the endpoint is saturated."""
         queued = self._queued.get(endpoint, 0)
-        if queued >= 2 * self._limit:
+        if queued >= (1 + self.WAITING) * self._limit:
             yield False
             return
         semaphore = self._semaphores.setdefault(endpoint, asyncio.Semaphore(self._limit))
