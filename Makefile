@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 NODE   := tests/clients/node
 
-.PHONY: install run migrate test bench bench-webhooks bench-audit clean audit-verify
+.PHONY: install run migrate test bench bench-webhooks bench-audit bench-notifier clean audit-verify
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,10 @@ bench-audit: install
 	@command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null 2>&1 \
 		|| { apt-get update -qq && apt-get install -y -qq wrk; }
 	@$(BIN)/python bench/audit_bench.py $(BENCH_ARGS)
+
+## make bench-notifier: SMS and emails sent per second by one notifier replica (fake Twilio, local SMTP)
+bench-notifier: install
+	@$(BIN)/python bench/notifier_bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info $(NODE)/node_modules
