@@ -58,12 +58,13 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 
 
 @asynccontextmanager
-async def create_pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    """The process's connection pool; closed when the context ends."""
+async def create_pool(settings: Settings, *, size: int | None = None) -> AsyncIterator[asyncpg.Pool]:
+    """A connection pool (the process's, or a small one of `size` for a background task that
+    must not queue behind requests); closed when the context ends."""
     pool = await asyncpg.create_pool(
         settings.DATABASE_URL,
-        min_size=min(settings.DB_POOL_MIN, settings.DB_POOL_MAX),
-        max_size=settings.DB_POOL_MAX,
+        min_size=size or min(settings.DB_POOL_MIN, settings.DB_POOL_MAX),
+        max_size=size or settings.DB_POOL_MAX,
         init=init_connection,
         reset=_keep_session,
         command_timeout=10,

@@ -100,10 +100,13 @@ async def _run_forever(coro_factory, name: str) -> AsyncIterator[None]:  # type:
 
 
 async def relay_ctx(app: web.Application) -> AsyncIterator[None]:
-    relay = Relay(app[POOL], app[PUBLISHER], poll_seconds=app[SETTINGS].OUTBOX_POLL_SECONDS)
-    app[RELAY] = relay
-    async for _ in _run_forever(relay.run, "outbox-relay"):
-        yield
+    # Its own two connections (LISTEN, and the relaying transaction): under load the relay never
+    # waits in line behind requests for the shared pool, so events keep flowing.
+    async with db.create_pool(app[SETTINGS], size=2) as pool:
+        relay = Relay(pool, app[PUBLISHER], poll_seconds=app[SETTINGS].OUTBOX_POLL_SECONDS)
+        app[RELAY] = relay
+        async for _ in _run_forever(relay.run, "outbox-relay"):
+            yield
 
 
 async def flush_last_used(app: web.Application) -> None:
