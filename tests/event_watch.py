@@ -1,4 +1,5 @@
-"""Watch the events exchange from a test: an exclusive, auto-deleted queue bound to everything."""
+"""The events exchange from a test: watch it (an exclusive, auto-deleted queue bound to a
+pattern), or publish to it straight, as the API's outbox relay does."""
 
 from __future__ import annotations
 
@@ -29,6 +30,23 @@ class EventWatcher:
 
     def of_type(self, type_: str) -> list[Event]:
         return [e for e in self.events if e.type.value == type_]
+
+
+async def publish_events(settings: Settings, events: list[Event]) -> None:
+    """Publish straight to the events exchange (persistent, confirmed), routing key = type."""
+    connection = await aio_pika.connect(settings.RABBITMQ_URL)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await declare_topology(channel, Topology(settings.BROKER_PREFIX))
+        for event in events:
+            await exchange.publish(
+                aio_pika.Message(
+                    event.to_bytes(),
+                    message_id=str(event.id),
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                ),
+                routing_key=event.type.value,
+            )
 
 
 @asynccontextmanager

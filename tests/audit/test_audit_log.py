@@ -27,7 +27,7 @@ from audit import store
 from tests.api_client import create_key, error_code, new_account
 from tests.totp_helpers import enable_totp
 from tests.webhooks.helpers import eventually, settings_env
-from tests.webhooks.test_delivery_faults import publish_events
+from tests.event_watch import publish_events
 
 
 @pytest_asyncio.fixture

@@ -29,6 +29,7 @@ from shared.notifications import seal_code
 
 import notifier.main
 
+from tests.event_watch import publish_events
 from tests.conftest import RETRY_DELAYS, make_settings
 from tests.fakes.smtp_server import FakeSmtp, smtp_server
 from tests.fakes.twilio_server import FakeTwilio, twilio_server
@@ -69,20 +70,7 @@ def command(
 
 
 async def publish(settings: Settings, *events: Event) -> None:
-    """Publish straight to the events exchange, as the API's outbox relay does."""
-    connection = await aio_pika.connect(settings.RABBITMQ_URL)
-    async with connection:
-        channel = await connection.channel(publisher_confirms=True)
-        exchange = await broker.declare_topology(channel, broker.Topology(settings.BROKER_PREFIX))
-        for event in events:
-            await exchange.publish(
-                aio_pika.Message(
-                    event.to_bytes(),
-                    message_id=str(event.id),
-                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                ),
-                routing_key=event.type.value,
-            )
+    await publish_events(settings, list(events))
 
 
 async def dlq_depth(settings: Settings) -> int:

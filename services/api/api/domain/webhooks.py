@@ -130,8 +130,14 @@ def _event_data(row: asyncpg.Record) -> WebhookData:
     )
 
 
-def _encrypted_secret(box: SecretBox, ctx: Context, webhook_id: uuid.UUID, secret: str) -> bytes:
-    return box.encrypt(secret.encode(), webhook_signing.secret_aad(ctx.owner_id, webhook_id))
+async def _add_secret(
+    conn: asyncpg.Connection, ctx: Context, box: SecretBox, webhook_id: uuid.UUID
+) -> str:
+    """A new signing secret for the webhook, stored encrypted; returned for showing once."""
+    secret = webhook_signing.new_secret()
+    sealed = box.encrypt(secret.encode(), webhook_signing.secret_aad(ctx.owner_id, webhook_id))
+    await conn.execute(INSERT_SECRET_SQL, uuid.uuid4(), ctx.owner_id, webhook_id, sealed)
+    return secret
 
 
 async def create(
@@ -145,17 +151,10 @@ async def create(
 ) -> dict[str, Any]:
     """Create an active webhook; the returned `secret` is the only time it is shown."""
     webhook_id = uuid.uuid4()
-    secret = webhook_signing.new_secret()
     async with conn.transaction():
         row = await conn.fetchrow(INSERT_SQL, webhook_id, ctx.owner_id, url, events, description)
         assert row is not None
-        await conn.execute(
-            INSERT_SECRET_SQL,
-            uuid.uuid4(),
-            ctx.owner_id,
-            webhook_id,
-            _encrypted_secret(box, ctx, webhook_id, secret),
-        )
+        secret = await _add_secret(conn, ctx, box, webhook_id)
         await outbox.add(conn, ctx.event(EventType.WEBHOOK_CREATED, _event_data(row), None))
     return {**view(row), "secret": secret}
 
@@ -210,18 +209,11 @@ async def rotate_secret(
     conn: asyncpg.Connection, ctx: Context, box: SecretBox, webhook_id: uuid.UUID, grace_seconds: int
 ) -> dict[str, Any]:
     """A new secret; the previous ones keep signing deliveries for `grace_seconds` more."""
-    secret = webhook_signing.new_secret()
     grace_ends = datetime.now(UTC) + timedelta(seconds=grace_seconds)
     async with conn.transaction():
         row = await get(conn, ctx, webhook_id)
         await conn.execute(EXPIRE_SECRETS_SQL, ctx.owner_id, webhook_id, grace_ends)
-        await conn.execute(
-            INSERT_SECRET_SQL,
-            uuid.uuid4(),
-            ctx.owner_id,
-            webhook_id,
-            _encrypted_secret(box, ctx, webhook_id, secret),
-        )
+        secret = await _add_secret(conn, ctx, box, webhook_id)
         await outbox.add(conn, ctx.event(EventType.WEBHOOK_SECRET_ROTATED, _event_data(row), None))
     return {"id": webhook_id, "secret": secret, "previousSecretExpiresAt": grace_ends}
 
