@@ -299,22 +299,28 @@ PROJECT = ("audit", "api", "shared")
 # Standard-library plumbing whose time belongs to whoever called it (a socket write is
 # charged to asyncpg when asyncpg sent the query).
 GLUE = frozenset({"asyncio", "selectors", "socket", "contextlib", "functools", "_weakrefset"})
+IDLE_WORKER = "_worker (concurrent/futures/thread.py"
 
 
 def summarise_profile(path: Path, top: int = 25) -> dict[str, Any]:
     """Shares of the samples of one process: the function each sample was taken in (`self`);
     the package it was in, standard-library plumbing charged to its nearest caller outside it
-    (`libraries`); and the project's functions anywhere on the stack (`project_inclusive`)."""
+    (`libraries`); and the project's functions anywhere on the stack (`project_inclusive`).
+    py-spy also counts the thread pool's idle workers (waiting for work in C), which are left
+    out and counted apart."""
     own: Counter[str] = Counter()
     libraries: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
-    total = 0
+    total = idle = 0
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
         n = int(count)
         frames = stack.split(";")
+        if frames[-1].startswith(IDLE_WORKER):
+            idle += n
+            continue
         total += n
         own[frame_key(frames[-1])] += n
         owner = next((package_of(f) for f in reversed(frames) if package_of(f) not in GLUE), None)
@@ -332,6 +338,7 @@ def summarise_profile(path: Path, top: int = 25) -> dict[str, Any]:
     return {
         "file": str(where),
         "samples": total,
+        "idle_worker_samples_left_out": idle,
         "self": share(own),
         "libraries": share(libraries),
         "project_inclusive": share(inclusive),
@@ -339,7 +346,11 @@ def summarise_profile(path: Path, top: int = 25) -> dict[str, Any]:
 
 
 def print_profile(label: str, summary: dict[str, Any], top: int = 15) -> None:
-    print(f"py-spy, {label}: {summary['samples']} samples ({summary['file']})")
+    print(
+        f"py-spy, {label}: {summary['samples']} samples, not counting "
+        f"{summary['idle_worker_samples_left_out']} of idle thread-pool workers "
+        f"({summary['file']})"
+    )
     titles = (
         ("self", "where the samples were taken (self)"),
         ("libraries", "by package, asyncio/socket plumbing charged to its caller"),

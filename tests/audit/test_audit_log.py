@@ -303,3 +303,19 @@ async def test_refused_cross_owner_attempts_and_lockouts_are_audited(client, aud
     [lockout] = await entries_at_least(client, alice.auth, 1, event="security.lockout")
     assert lockout["userId"] == "locked-user"
     assert lockout["data"] == {"userId": "locked-user", "scope": "2fa", "lockedSeconds": 900}
+
+
+async def test_from_and_to_select_by_when_the_event_occurred(client, auditor, settings):
+    account = await new_account(client)
+    two_days_ago = datetime.now(UTC) - timedelta(days=2)
+    old = Event.build(EventType.TWOFA_VERIFIED, {"userId": "u-old", "method": "totp"},
+                      ownerId=uuid.UUID(account.id), userId="u-old",
+                      actor=Actor(kind="user", id=account.id), occurredAt=two_days_ago)
+    await publish_events(settings, [old])
+    await entries_at_least(client, account.auth, 1, event="2fa.verified")
+    day_ago = (datetime.now(UTC) - timedelta(days=1)).isoformat()
+    three_days_ago = (datetime.now(UTC) - timedelta(days=3)).isoformat()
+    recent = await entries(client, account.auth, **{"from": day_ago})
+    assert str(old.id) not in {e["eventId"] for e in recent} and len(recent) == 2  # registered, login
+    window = await entries(client, account.auth, **{"from": three_days_ago, "to": day_ago})
+    assert [e["eventId"] for e in window] == [str(old.id)]

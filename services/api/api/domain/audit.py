@@ -47,7 +47,9 @@ def _where(filters: Filters, first_param: int) -> tuple[str, list[Any]]:
     for fragment, value in (
         ("user_id = ${}", filters.user_id),
         ("type = ${}", filters.event),
-        ("occurred_at >= ${}", filters.occurred_from),
+        # An entry is recorded after its event occurred, so `from` bounds recorded_at too: the
+        # partitions (by recording day) before it are never read.
+        ("occurred_at >= ${0} AND recorded_at >= ${0}", filters.occurred_from),
         ("occurred_at <= ${}", filters.occurred_to),
     ):
         if value is not None:
