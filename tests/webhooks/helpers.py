@@ -8,8 +8,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import aio_pika
 from aiohttp.test_utils import TestClient
 
+from shared import broker
+from shared.config import Settings
 from shared.consumer import Consumer
 
 import webhook_dispatcher.main
@@ -39,6 +42,20 @@ def settings_env(**overrides: Any) -> dict[str, str]:
         return str(value)
 
     return {name: text(value) for name, value in {**BASE_SETTINGS, **overrides}.items()}
+
+
+async def purge_dispatcher_queues(settings: Settings) -> None:
+    """Drop what earlier tests left in the dispatcher's queues (events of owners long gone),
+    so a test that times the dispatcher measures its own events only."""
+    topology = broker.Topology(settings.BROKER_PREFIX)
+    connection = await aio_pika.connect(settings.RABBITMQ_URL)
+    async with connection:
+        channel = await connection.channel()
+        await broker.declare_topology(channel, topology)
+        jobs = topology.jobs_queue(broker.WEBHOOK_DISPATCHER)
+        await broker.declare_work_queue(channel, jobs, [])
+        for name in (topology.queue(broker.WEBHOOK_DISPATCHER), jobs):
+            await (await channel.get_queue(name, ensure=False)).purge()
 
 
 async def create_webhook(

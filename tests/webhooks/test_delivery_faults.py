@@ -24,6 +24,7 @@ from tests.webhooks.helpers import (
     create_webhook,
     delivery_log,
     eventually,
+    purge_dispatcher_queues,
     running_dispatcher,
     settings_env,
 )
@@ -47,6 +48,7 @@ async def test_misbehaving_receivers_cost_one_attempt_each_and_delay_no_one_else
     user_id = random_user_id()
     await enable_totp(client, key, user_id)
     behaviours = ["hang", "error", "redirect", "close", "huge"]
+    await purge_dispatcher_queues(make_settings())
     async with (
         python_receiver("ok") as healthy,
         python_receiver("hang") as hang,
@@ -169,6 +171,7 @@ async def test_an_event_the_broker_delivers_twice_is_sent_once(client, settings)
 async def test_killing_the_dispatcher_mid_run_loses_no_delivery(client, settings):
     account = await new_account(client)
     total = 300
+    await purge_dispatcher_queues(settings)
     async with python_receiver() as rx:
         await create_webhook(client, account.auth, rx.url, ["2fa.failed"])
         events = [failed_event(account.id, f"user-{i}") for i in range(total)]
@@ -216,6 +219,7 @@ async def _true(value: bool) -> bool:
 
 async def test_a_hanging_endpoint_gets_bounded_concurrency_and_others_flow_past_it(client, settings):
     account = await new_account(client)
+    await purge_dispatcher_queues(settings)
     async with (
         python_receiver("ok") as healthy,
         python_receiver("hang") as hang,
