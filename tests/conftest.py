@@ -8,11 +8,12 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aio_pika
+import asyncpg
 import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
-from shared import db
+from shared import db as shared_db
 from shared.broker import Topology
 from shared.cache import create_cache
 from shared.config import Settings
@@ -67,7 +68,7 @@ async def run_resources(settings: Settings) -> AsyncIterator[None]:
     """Create this run's database; afterwards drop it, its Redis keys and its broker objects."""
     await prepare(settings)
     yield
-    await db.drop_database(settings.DATABASE_URL)
+    await shared_db.drop_database(settings.DATABASE_URL)
     async with create_cache(settings) as cache:
         keys = [k async for k in cache.client.scan_iter(match=f"{settings.REDIS_KEY_PREFIX}*", count=1000)]
         if keys:
@@ -83,6 +84,18 @@ async def run_resources(settings: Settings) -> AsyncIterator[None]:
 
 # Queues that tests declare themselves (e.g. to watch the exchange); removed with the run.
 EXTRA_QUEUES: list[str] = []
+
+
+@pytest_asyncio.fixture
+async def db(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
+    """A direct connection to this run's database (with the services' codecs), to look behind
+    the API."""
+    conn = await asyncpg.connect(settings.DATABASE_URL)
+    await shared_db.init_connection(conn)
+    try:
+        yield conn
+    finally:
+        await conn.close()
 
 
 @pytest_asyncio.fixture

@@ -10,13 +10,12 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import pytest
-import pytest_asyncio
 
 from api.domain import rate_limit
 from api.keys import CACHE
@@ -30,14 +29,6 @@ ME = "/api/auth/me"  # needs `user:read` when called with a key
 # --- helpers -------------------------------------------------------------------------------------
 
 
-@pytest_asyncio.fixture
-async def db(settings) -> AsyncIterator[asyncpg.Connection]:
-    """A direct connection to this run's database, to look behind the API."""
-    conn = await asyncpg.connect(settings.DATABASE_URL)
-    try:
-        yield conn
-    finally:
-        await conn.close()
 
 
 def with_key(key: str) -> dict[str, str]:

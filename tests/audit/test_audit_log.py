@@ -18,7 +18,6 @@ import pytest
 import pytest_asyncio
 
 from shared import audit_chain
-from shared import db as shared_db
 from shared.events import Actor, Event, EventType
 
 import audit.main
@@ -38,12 +37,6 @@ async def auditor(settings) -> AsyncIterator[None]:
     await consumer.stop()
 
 
-@pytest_asyncio.fixture
-async def db(settings) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(settings.DATABASE_URL)
-    await shared_db.init_connection(conn)  # the services' codecs (jsonb)
-    yield conn
-    await conn.close()
 
 
 def event_for(owner_id: str, type_: EventType = EventType.USER_LOGIN, user_id: str | None = None,

@@ -8,12 +8,10 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
-import pytest_asyncio
 from aiohttp.test_utils import TestClient
 
 from tests.api_client import create_key, error_code, new_account
@@ -31,14 +29,6 @@ WEEK = 7 * 24 * 3600
 # --- helpers -------------------------------------------------------------------------------------
 
 
-@pytest_asyncio.fixture
-async def db(settings) -> AsyncIterator[asyncpg.Connection]:
-    """A direct connection to this run's database, to look behind the API."""
-    conn = await asyncpg.connect(settings.DATABASE_URL)
-    try:
-        yield conn
-    finally:
-        await conn.close()
 
 
 def with_key(key: str) -> dict[str, str]:

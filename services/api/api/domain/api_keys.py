@@ -168,9 +168,7 @@ async def get(conn: asyncpg.Connection, ctx: Context, key_id: uuid.UUID) -> asyn
 async def list_page(
     conn: asyncpg.Connection, ctx: Context, limit: int, cursor: str | None
 ) -> tuple[list[asyncpg.Record], str | None]:
-    created_at, last_id = pagination.decode_cursor(cursor)
-    rows = await conn.fetch(LIST_KEYS_SQL, ctx.owner_id, created_at, last_id, limit + 1)
-    return pagination.split(rows, limit, lambda r: (r["created_at"], r["id"]))
+    return await pagination.fetch_page(conn, LIST_KEYS_SQL, ctx.owner_id, limit, cursor)
 
 
 async def rotate(

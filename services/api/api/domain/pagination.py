@@ -12,7 +12,7 @@ import json
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from shared.errors import ValidationFailed
 
@@ -42,6 +42,16 @@ def decode_cursor(cursor: str | None) -> tuple[datetime, uuid.UUID]:
             code="INVALID_CURSOR",
             details={"fields": [{"field": "cursor", "message": "not a cursor from this API"}]},
         ) from None
+
+
+async def fetch_page(
+    conn: Any, sql: str, owner_id: uuid.UUID, limit: int, cursor: str | None, *params: Any
+) -> tuple[list[Any], str | None]:
+    """One page of an owner's rows, newest first: `sql` takes the owner, the cursor's
+    (created_at, id), any `params`, and the row limit last; rows carry `created_at` and `id`."""
+    created_at, last_id = decode_cursor(cursor)
+    rows = await conn.fetch(sql, owner_id, created_at, last_id, *params, limit + 1)
+    return split(rows, limit, lambda r: (r["created_at"], r["id"]))
 
 
 def split(

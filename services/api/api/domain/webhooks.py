@@ -64,8 +64,8 @@ DELIVERIES_SQL = """
 SELECT a.id, a.delivery_id, d.event_id, d.event_type, a.attempt, a.status, a.status_code,
        a.latency_ms, a.error, a.next_retry_at, a.created_at
 FROM webhook_attempts a JOIN webhook_deliveries d ON d.id = a.delivery_id
-WHERE a.owner_id = $1 AND a.webhook_id = $2 AND ($3::text IS NULL OR a.status = $3)
-  AND (a.created_at, a.id) < ($4, $5)
+WHERE a.owner_id = $1 AND (a.created_at, a.id) < ($2, $3)
+  AND a.webhook_id = $4 AND ($5::text IS NULL OR a.status = $5)
 ORDER BY a.created_at DESC, a.id DESC
 LIMIT $6
 """
@@ -169,9 +169,7 @@ async def get(conn: asyncpg.Connection, ctx: Context, webhook_id: uuid.UUID) -> 
 async def list_page(
     conn: asyncpg.Connection, ctx: Context, limit: int, cursor: str | None
 ) -> tuple[list[asyncpg.Record], str | None]:
-    created_at, last_id = pagination.decode_cursor(cursor)
-    rows = await conn.fetch(LIST_SQL, ctx.owner_id, created_at, last_id, limit + 1)
-    return pagination.split(rows, limit, lambda r: (r["created_at"], r["id"]))
+    return await pagination.fetch_page(conn, LIST_SQL, ctx.owner_id, limit, cursor)
 
 
 async def update(
@@ -239,11 +237,9 @@ async def deliveries_page(
     cursor: str | None,
 ) -> tuple[list[asyncpg.Record], str | None]:
     await get(conn, ctx, webhook_id)  # 404 unless it is the caller's
-    created_at, last_id = pagination.decode_cursor(cursor)
-    rows = await conn.fetch(
-        DELIVERIES_SQL, ctx.owner_id, webhook_id, status, created_at, last_id, limit + 1
+    return await pagination.fetch_page(
+        conn, DELIVERIES_SQL, ctx.owner_id, limit, cursor, webhook_id, status
     )
-    return pagination.split(rows, limit, lambda r: (r["created_at"], r["id"]))
 
 
 async def redeliver(
