@@ -4,6 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 NODE   := tests/clients/node
+EXAMPLES_NODE := examples/node
 
 .PHONY: install run migrate test bench bench-webhooks bench-audit bench-notifier clean audit-verify
 
@@ -31,9 +32,15 @@ $(NODE)/node_modules: $(NODE)/package-lock.json
 	@npm ci --prefix $(NODE) --no-audit --no-fund
 	@touch $@
 
+# Express for examples/node/proxy-app.js, run by tests/examples.
+$(EXAMPLES_NODE)/node_modules: $(EXAMPLES_NODE)/package-lock.json
+	@npm ci --prefix $(EXAMPLES_NODE) --no-audit --no-fund
+	@touch $@
+
 ## make test: install and run the whole suite against the local PostgreSQL, Redis and RabbitMQ
-## (tests/clients also needs the guide's Node client and Debian's oathtool: installed here if missing)
-test: install $(NODE)/node_modules
+## (tests/clients needs the guide's Node client and Debian's oathtool, tests/examples the Express of
+## examples/node: installed here if missing)
+test: install $(NODE)/node_modules $(EXAMPLES_NODE)/node_modules
 	@command -v oathtool >/dev/null || apt-get install -y -qq oathtool >/dev/null 2>&1 \
 		|| { apt-get update -qq && apt-get install -y -qq oathtool; }
 	@$(BIN)/python -m pytest -q $(PYTEST_ARGS)
@@ -58,4 +65,4 @@ bench-notifier: install
 	@$(BIN)/python bench/notifier_bench.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) *.egg-info $(NODE)/node_modules
+	rm -rf $(VENV) *.egg-info $(NODE)/node_modules $(EXAMPLES_NODE)/node_modules

@@ -14,6 +14,12 @@ def code_at(secret: str, offset_steps: int = 0) -> str:
     return pyotp.TOTP(secret).at(time.time() + offset_steps * 30)
 
 
+def wrong_code(secret: str) -> str:
+    """A well-formed code that is valid in none of the steps the service accepts now."""
+    valid = {code_at(secret, step) for step in (-2, -1, 0, 1, 2)}
+    return next(digit * 6 for digit in "0123456789" if digit * 6 not in valid)
+
+
 async def enable_totp(client: TestClient, headers: dict[str, str], user_id: str | None = None) -> dict[str, Any]:
     """Set up and confirm TOTP; returns {secret, backupCodes}. The confirming code uses the
     previous step so that the current step is still free for the test's own first code."""

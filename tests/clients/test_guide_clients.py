@@ -20,7 +20,7 @@ import requests
 from tests.api_client import PASSWORD, Account, create_key, login, new_account
 from tests.clients.guide_client import TwoFactorAuthClient
 from tests.ids import random_user_id
-from tests.totp_helpers import code_at, enable_totp
+from tests.totp_helpers import code_at, enable_totp, wrong_code
 
 NODE_DIR = Path(__file__).parent / "node"
 SUBPROCESS_TIMEOUT = 60
@@ -53,12 +53,6 @@ async def oathtool_code(secret: str) -> str:
     if shutil.which("oathtool") is None:
         pytest.fail("oathtool is not installed: run `make test` (it installs Debian's oathtool)")
     return (await run_program("oathtool", "--totp", "-b", secret)).strip()
-
-
-def wrong_code(secret: str) -> str:
-    """A well-formed code that is valid in none of the steps the service accepts now."""
-    valid = {code_at(secret, step) for step in (-2, -1, 0, 1, 2)}
-    return next(digit * 6 for digit in "0123456789" if digit * 6 not in valid)
 
 
 async def account_with_key(client: Any) -> tuple[Account, str]:
