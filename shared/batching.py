@@ -3,7 +3,8 @@
 `await batcher.submit(item)` returns that item's result once the batch holding it has been
 handled by `flush(items) -> results` (same order). A batch closes when it holds `max_batch` items
 or `max_wait` seconds after its first item arrived. If `flush` raises, every caller in the batch
-gets the exception. Batches run one at a time, in arrival order.
+gets the exception. Batches run one at a time, in arrival order. `add(item)` queues an item
+without waiting for its result, for a `flush` that settles each item's outcome itself.
 """
 
 from __future__ import annotations
@@ -30,23 +31,39 @@ class Batcher(Generic[T, R]):
         self._max_batch = max_batch
         self._max_wait = max_wait
         self._name = name
-        self._pending: list[tuple[T, asyncio.Future[R]]] = []
+        self._pending: list[tuple[T, asyncio.Future[R] | None]] = []
         self._arrived = asyncio.Event()
         self._full = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._busy = False
 
     async def submit(self, item: T) -> R:
         if self._task is None:
             raise RuntimeError(f"{self._name} is not running")
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._enqueue(item, future)
+        return await future
+
+    def add(self, item: T) -> None:
+        if self._task is None:
+            raise RuntimeError(f"{self._name} is not running")
+        self._enqueue(item, None)
+
+    def _enqueue(self, item: T, future: asyncio.Future[R] | None) -> None:
         self._pending.append((item, future))
         self._arrived.set()
         if len(self._pending) >= self._max_batch:
             self._full.set()
-        return await future
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=self._name)
+
+    async def drain(self, timeout: float) -> None:
+        """Wait (at most `timeout` seconds) until every queued item has been flushed."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while self._pending or self._busy:
+                    await asyncio.sleep(0.01)
 
     async def stop(self, reason: Exception) -> None:
         """Stop; callers still waiting get `reason`."""
@@ -56,7 +73,7 @@ class Batcher(Generic[T, R]):
                 await self._task
             self._task = None
         for _, future in self._pending:
-            if not future.done():
+            if future is not None and not future.done():
                 future.set_exception(reason)
         self._pending = []
 
@@ -71,21 +88,25 @@ class Batcher(Generic[T, R]):
                 self._full.clear()
             if not self._pending:
                 self._arrived.clear()
-            await self._handle(batch)
+            self._busy = True
+            try:
+                await self._handle(batch)
+            finally:
+                self._busy = False
 
-    async def _handle(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+    async def _handle(self, batch: list[tuple[T, asyncio.Future[R] | None]]) -> None:
         try:
             results = await self._flush([item for item, _ in batch])
         except asyncio.CancelledError:
             for _, future in batch:
-                if not future.done():
+                if future is not None and not future.done():
                     future.set_exception(RuntimeError(f"{self._name} stopped"))
             raise
         except Exception as exc:
             for _, future in batch:
-                if not future.done():
+                if future is not None and not future.done():
                     future.set_exception(exc)
             return
         for (_, future), result in zip(batch, results, strict=True):
-            if not future.done():
+            if future is not None and not future.done():
                 future.set_result(result)

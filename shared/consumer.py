@@ -13,6 +13,12 @@ Redelivery is possible (crash before ack), so handlers must be idempotent by eve
 A service that keeps work items of its own (the webhook dispatcher's deliveries to retry) returns
 extra `Inbox`es from its setup: each is a queue of its own with the same ack and failure policy,
 and `publish` (publisher-confirmed) puts items on it, now or after a delay.
+
+A service that stores what it consumes (the audit log) hands over a `Batched` handler instead:
+the runtime gathers up to `max_batch` messages (or what arrived within `max_wait`), calls it once
+with all their items, and acks them together after it returns; if it fails, each message takes
+the failure path above on its own. Each inbox consumes on its own channel, and acks go out many
+per frame (`shared.acking`).
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from shared import broker, metrics
+from shared.acking import Acks
+from shared.batching import Batcher
 from shared.config import Settings
 from shared.errors import Permanent, Transient
 from shared.events import Event
@@ -44,6 +52,15 @@ log = structlog.get_logger(__name__)
 ATTEMPT_HEADER = "x-attempt"
 
 Handler = Callable[[Event], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Batched:
+    """A handler of whole batches: `handle(items)` stores them all, or raises for all."""
+
+    handle: Callable[[list[Any]], Awaitable[None]]
+    max_batch: int
+    max_wait: float
 
 
 @dataclass(frozen=True)
@@ -66,12 +83,12 @@ def current_delivery() -> Delivery:
 @dataclass(frozen=True)
 class Inbox:
     """A queue of the service's own work items: decoded with `decode` (a pydantic
-    `ValidationError` sends the message to the DLQ), handled by `handle`. `delays` are the
-    delay queues `publish(..., delay=)` may use."""
+    `ValidationError` sends the message to the DLQ), handled by `handle` one at a time (many
+    concurrently) or in batches. `delays` are the delay queues `publish(..., delay=)` may use."""
 
     queue: str
     decode: Callable[[bytes], Any]
-    handle: Callable[[Any], Awaitable[None]]
+    handle: Callable[[Any], Awaitable[None]] | Batched
     delays: Sequence[int] = field(default_factory=tuple)
 
 
@@ -79,11 +96,11 @@ class Inbox:
 class Wiring:
     """What a service's setup returns when it has more than the event handler."""
 
-    on_event: Handler
+    on_event: Handler | Batched
     inboxes: Sequence[Inbox] = ()
 
 
-Setup = Callable[[AsyncExitStack, Health], Awaitable[Handler | Wiring]]
+Setup = Callable[[AsyncExitStack, Health], Awaitable[Handler | Batched | Wiring]]
 
 
 class Consumer:
@@ -109,10 +126,11 @@ class Consumer:
         self.handled = 0
         self._setup = setup
         self._stack = AsyncExitStack()
-        self._channel: AbstractChannel | None = None
         self._publish_channel: AbstractChannel | None = None
         self._subscriptions: list[tuple[AbstractQueue, str]] = []
         self._in_flight: set[asyncio.Task[Any]] = set()
+        self._batchers: list[Batcher[Any, None]] = []
+        self._acks = Acks()
         self.bound_port: int | None = None
 
     async def start(self) -> None:
@@ -125,8 +143,6 @@ class Consumer:
             broker.connect(self.settings, self.service)
         )
         channel = await connection.channel()
-        await channel.set_qos(prefetch_count=self.prefetch)
-        self._channel = channel
         self._publish_channel = await connection.channel(publisher_confirms=True)
         await broker.declare_topology(channel, self.topology)
         # The events queue itself is declared with the topology; here its delay queues.
@@ -138,8 +154,11 @@ class Consumer:
         self.health.register("broker", lambda: _ping_connection(connection))
         await self._start_health_server()
         for inbox in (events, *wiring.inboxes):
-            queue = await channel.get_queue(inbox.queue, ensure=False)
-            tag = await queue.consume(functools.partial(self._on_message, inbox))
+            # A channel per inbox: its own prefetch window and its own delivery tags to ack.
+            inbox_channel = await connection.channel()
+            await inbox_channel.set_qos(prefetch_count=self.prefetch)
+            queue = await inbox_channel.get_queue(inbox.queue, ensure=False)
+            tag = await queue.consume(self._receiver(inbox))
             self._subscriptions.append((queue, tag))
         log.info("consumer started", queue=events.queue, health_port=self.bound_port)
 
@@ -150,6 +169,10 @@ class Consumer:
                 await queue.cancel(tag)
         if self._in_flight:
             await asyncio.wait(self._in_flight, timeout=10)
+        for batcher in self._batchers:
+            await batcher.drain(timeout=10)
+            await batcher.stop(RuntimeError("the consumer stopped"))
+        await self._acks.drain()
         await self._stack.aclose()
         log.info("consumer stopped", handled=self.handled)
 
@@ -190,56 +213,111 @@ class Consumer:
         sockets = getattr(site._server, "sockets", None) or []
         self.bound_port = sockets[0].getsockname()[1] if sockets else self.health_port
 
-    async def _on_message(self, inbox: Inbox, message: AbstractIncomingMessage) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._in_flight.add(task)
-        try:
-            await self._process(inbox, message)
-        finally:
-            if task is not None:
-                self._in_flight.discard(task)
+    def _receiver(self, inbox: Inbox) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
+        """The broker's callback for one inbox (aio-pika runs each call in a task of its own):
+        the message is handled in that task, or added to the inbox's next batch."""
+        handle = inbox.handle
+        if isinstance(handle, Batched):
+            batcher: Batcher[Any, None] = Batcher(
+                functools.partial(self._handle_batch, inbox, handle),
+                max_batch=handle.max_batch,
+                max_wait=handle.max_wait,
+                name=f"batch:{inbox.queue}",
+            )
+            batcher.start()
+            self._batchers.append(batcher)
 
-    async def _process(self, inbox: Inbox, message: AbstractIncomingMessage) -> None:
+            async def receive_into_batch(message: AbstractIncomingMessage) -> None:
+                batcher.add((message, self._acks.delivered(message)))
+
+            return receive_into_batch
+
+        async def receive(message: AbstractIncomingMessage) -> None:
+            task = asyncio.current_task()
+            if task is not None:
+                self._in_flight.add(task)
+            try:
+                await self._process(inbox, message, self._acks.delivered(message))
+            finally:
+                if task is not None:
+                    self._in_flight.discard(task)
+
+        return receive
+
+    async def _process(self, inbox: Inbox, message: AbstractIncomingMessage, entry: list[Any]) -> None:
         structlog.contextvars.bind_contextvars(message_id=message.message_id)
         try:
-            try:
-                item = inbox.decode(message.body)
-            except ValidationError as exc:
-                log.error("poison message sent to DLQ", errors=exc.error_count())
-                await _dead_letter(inbox, message)
+            item = _decode(inbox, message)
+            if item is _POISON:
+                await self._dead_letter(inbox, message, entry)
                 return
             if isinstance(item, Event):
                 structlog.contextvars.bind_contextvars(event_id=str(item.id), event_type=item.type)
             attempt = _attempt(message)
             _delivery.set(Delivery(attempt, final=attempt > len(self.retry_delays)))
             try:
-                await inbox.handle(item)
-            except Transient as exc:
-                await self._retry(inbox, message, exc)
-                return
+                await inbox.handle(item)  # type: ignore[operator]
             except Permanent as exc:
                 log.error("permanent failure; message sent to DLQ", error=str(exc))
-                await _dead_letter(inbox, message)
+                await self._dead_letter(inbox, message, entry)
                 return
-            except Exception:
-                # Unknown failure: requeue once through the retry path rather than lose it.
-                log.exception("handler failed")
-                await self._retry(inbox, message, None)
+            except Exception as exc:
+                # Transient, or an unknown failure: retried rather than lost.
+                if not isinstance(exc, Transient):
+                    log.exception("handler failed")
+                await self._retry(inbox, message, entry, exc)
                 return
-            await message.ack()
-            metrics.MESSAGES_CONSUMED.labels(inbox.queue, "acked").inc()
-            self.handled += 1
+            self._acked(inbox, entry)
         finally:
             structlog.contextvars.unbind_contextvars("message_id", "event_id", "event_type")
 
+    async def _handle_batch(
+        self, inbox: Inbox, batched: Batched, received: list[tuple[AbstractIncomingMessage, list[Any]]]
+    ) -> list[None]:
+        """One batch: decode each, hand the items over together, then ack them together. Never
+        raises: a failure sends each message down its own failure path."""
+        decoded = []
+        for message, entry in received:
+            item = _decode(inbox, message)
+            if item is _POISON:
+                await self._dead_letter(inbox, message, entry)
+            else:
+                decoded.append((message, entry, item))
+        if decoded:
+            try:
+                await batched.handle([item for _, _, item in decoded])
+            except Permanent as exc:
+                log.error("permanent failure; batch sent to DLQ", error=str(exc), size=len(decoded))
+                for message, entry, _ in decoded:
+                    await self._dead_letter(inbox, message, entry)
+            except Exception as exc:
+                if not isinstance(exc, Transient):
+                    log.exception("batch handler failed", size=len(decoded))
+                for message, entry, _ in decoded:
+                    await self._retry(inbox, message, entry, exc)
+            else:
+                for _, entry, _ in decoded:
+                    self._acked(inbox, entry)
+        return [None] * len(received)
+
+    def _acked(self, inbox: Inbox, entry: list[Any]) -> None:
+        self._acks.finished(entry)
+        metrics.MESSAGES_CONSUMED.labels(inbox.queue, "acked").inc()
+        self.handled += 1
+
+    async def _dead_letter(self, inbox: Inbox, message: AbstractIncomingMessage, entry: list[Any]) -> None:
+        self._acks.settled(entry)
+        with contextlib.suppress(Exception):  # a closed channel: the broker redelivers it
+            await message.reject(requeue=False)  # the queue dead-letters it into <queue>.dlq
+        metrics.MESSAGES_CONSUMED.labels(inbox.queue, "dead_lettered").inc()
+
     async def _retry(
-        self, inbox: Inbox, message: AbstractIncomingMessage, exc: Exception | None
+        self, inbox: Inbox, message: AbstractIncomingMessage, entry: list[Any], exc: Exception
     ) -> None:
         attempt = _attempt(message)
         if attempt > len(self.retry_delays):
             log.error("retries exhausted; message sent to DLQ", attempt=attempt, error=repr(exc))
-            await _dead_letter(inbox, message)
+            await self._dead_letter(inbox, message, entry)
             return
         delay = self.retry_delays[attempt - 1]
         await self.publish(
@@ -250,13 +328,20 @@ class Consumer:
             message_id=message.message_id,
         )
         log.warning("transient failure; retry scheduled", attempt=attempt, delay=delay, error=repr(exc))
-        await message.ack()
+        self._acks.finished(entry)
         metrics.MESSAGES_CONSUMED.labels(inbox.queue, "retried").inc()
 
 
-async def _dead_letter(inbox: Inbox, message: AbstractIncomingMessage) -> None:
-    await message.reject(requeue=False)  # the queue dead-letters it into <queue>.dlq
-    metrics.MESSAGES_CONSUMED.labels(inbox.queue, "dead_lettered").inc()
+_POISON = object()
+
+
+def _decode(inbox: Inbox, message: AbstractIncomingMessage) -> Any:
+    """The message's item, or `_POISON` for a body that does not decode (it goes to the DLQ)."""
+    try:
+        return inbox.decode(message.body)
+    except ValidationError as exc:
+        log.error("poison message sent to DLQ", errors=exc.error_count(), message_id=message.message_id)
+        return _POISON
 
 
 def _attempt(message: AbstractIncomingMessage) -> int:

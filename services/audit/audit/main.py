@@ -1,6 +1,7 @@
 """Composition root of the audit consumer: `build(settings)` is used by `__main__` and tests.
 
-Every event on its queue becomes one audit entry, written in batches (`BatchWriter`); a
+Every event on its queue becomes one audit entry, written in batches (`BatchWriter`, handed
+whole batches by the consumer runtime); a
 maintenance task keeps daily partitions ahead of time and drops those past
 `AUDIT_RETENTION_DAYS`.
 """
@@ -17,7 +18,7 @@ import structlog
 
 from shared import broker, db
 from shared.config import Settings
-from shared.consumer import Consumer, Handler
+from shared.consumer import Batched, Consumer
 from shared.health import Health
 
 from audit import store
@@ -51,14 +52,10 @@ async def _maintenance_loop(pool: asyncpg.Pool, settings: Settings) -> None:
 def build(settings: Settings, *, health_port: int | None = None) -> Consumer:
     """The audit consumer with its queue, batch writer, maintenance task and health port."""
 
-    async def setup(stack: AsyncExitStack, health: Health) -> Handler:
+    async def setup(stack: AsyncExitStack, health: Health) -> Batched:
         pool = await stack.enter_async_context(db.create_pool(settings))
         health.register("database", lambda: db.ping(pool))
-        writer = BatchWriter(
-            pool, max_batch=settings.AUDIT_BATCH_SIZE, max_wait=settings.AUDIT_BATCH_WAIT_SECONDS
-        )
-        writer.start()
-        stack.push_async_callback(writer.stop)
+        writer = BatchWriter(pool)
         task = asyncio.create_task(_maintenance_loop(pool, settings), name="audit-maintenance")
 
         async def cancel() -> None:
@@ -67,7 +64,11 @@ def build(settings: Settings, *, health_port: int | None = None) -> Consumer:
                 await task
 
         stack.push_async_callback(cancel)
-        return writer.write
+        return Batched(
+            writer.write,
+            max_batch=settings.AUDIT_BATCH_SIZE,
+            max_wait=settings.AUDIT_BATCH_WAIT_SECONDS,
+        )
 
     return Consumer(
         settings,
