@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     HOST: str = "0.0.0.0"
     CORS_ORIGINS: Annotated[list[str], NoDecode] = Field(default_factory=list)
     MAX_BODY_BYTES: int = Field(default=64 * 1024, ge=1024)
+    # Slow clients (slowloris): a connection whose request headers are not all in this long after
+    # it opened (or after its previous response) is closed, as is an idle keep-alive connection.
+    # Keep it above the idle timeout of a load balancer in front (AWS ALB: 60 s).
+    HTTP_KEEPALIVE_SECONDS: float = Field(default=75.0, gt=0)
+    # A request body not fully received this long after its headers: 408, then the connection ends.
+    HTTP_BODY_TIMEOUT_SECONDS: float = Field(default=30.0, gt=0)
     TRUST_PROXY_HEADERS: bool = False
 
     # Accounts

@@ -77,6 +77,12 @@ class Conflict(AppError):
     status, code, message = 409, "CONFLICT", "Conflict with the current state"
 
 
+class RequestTimeout(AppError):
+    """The request body arrived too slowly (a slow-client attack, or a stalled upload)."""
+
+    status, code, message = 408, "REQUEST_TIMEOUT", "The request body did not arrive in time"
+
+
 class PayloadTooLarge(AppError):
     status, code, message = 413, "PAYLOAD_TOO_LARGE", "The request body is too large"
 

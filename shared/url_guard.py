@@ -1,11 +1,11 @@
 """SSRF guard for webhook URLs: which URLs may be registered, and which addresses may be dialled.
 
-A URL must be http(s), carry a host and no credentials, and be at most `MAX_URL_LENGTH` long.
-Unless private targets are allowed (development, tests), every address the host resolves to must
-be public: loopback, private, link-local (cloud metadata lives there), shared, reserved,
-multicast and unspecified addresses are refused, IPv4-mapped IPv6 included. The check runs at
-registration and again at each delivery, through `GuardedResolver`, which is what the HTTP
-client connects with, so a DNS answer that changes after registration is caught too.
+A URL must be http(s), carry a plain host (no %-escapes) and no credentials, and be at most
+`MAX_URL_LENGTH` long. Unless private targets are allowed (development, tests), every address
+the host resolves to must be public: loopback, private, link-local (cloud metadata lives there),
+shared, reserved, multicast and unspecified addresses are refused, IPv4-mapped IPv6 included.
+The check runs at registration and again at each delivery, through `GuardedResolver`, which is
+what the HTTP client connects with, so a DNS answer that changes after registration is caught too.
 """
 
 from __future__ import annotations
@@ -47,6 +47,10 @@ def parse(raw: str) -> URL:
         raise UrlRefused("INVALID_WEBHOOK_URL", "must be an http:// or https:// URL")
     if not host:
         raise UrlRefused("INVALID_WEBHOOK_URL", "must name a host")
+    if "%" in host:
+        # A %-escape in a host (an encoded CR/LF, dot or IPv6 zone) is decoded by some clients and
+        # resolvers and not by others: refuse the ambiguity rather than guess what gets dialled.
+        raise UrlRefused("INVALID_WEBHOOK_URL", "must name a plain host, without %-escapes")
     if url.user is not None or url.password is not None:
         raise UrlRefused("INVALID_WEBHOOK_URL", "must not carry credentials")
     if url.fragment:

@@ -68,6 +68,11 @@ async def run_resources(settings: Settings) -> AsyncIterator[None]:
     """Create this run's database; afterwards drop it, its Redis keys and its broker objects."""
     await prepare(settings)
     yield
+    await remove_resources(settings, EXTRA_QUEUES)
+
+
+async def remove_resources(settings: Settings, extra_queues: list[str] | None = None) -> None:
+    """Drop the database, Redis keys and broker objects that `settings` name."""
     await shared_db.drop_database(settings.DATABASE_URL)
     async with create_cache(settings) as cache:
         keys = [k async for k in cache.client.scan_iter(match=f"{settings.REDIS_KEY_PREFIX}*", count=1000)]
@@ -77,7 +82,7 @@ async def run_resources(settings: Settings) -> AsyncIterator[None]:
     connection = await aio_pika.connect(settings.RABBITMQ_URL)
     async with connection:
         channel = await connection.channel()
-        for name in topology.all_queues(RETRY_DELAYS) + EXTRA_QUEUES:
+        for name in topology.all_queues(RETRY_DELAYS) + (extra_queues or []):
             await channel.queue_delete(name)
         await channel.exchange_delete(topology.exchange)
 

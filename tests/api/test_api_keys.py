@@ -851,3 +851,15 @@ async def test_flushed_last_used_stamps_leave_redis_and_get_still_shows_them(app
     await poll(gone)
     r = await client.get(f"/api/api-keys/{key['id']}", headers=account.auth)
     assert (await r.json())["lastUsedAt"] is not None
+
+
+async def test_rate_limit_above_api_key_max_rate_limit_is_400(app_factory):
+    """API_KEY_MAX_RATE_LIMIT caps what a key may be given; the cap itself is allowed."""
+    client = await app_factory(API_KEY_MAX_RATE_LIMIT=500)
+    account = await new_account(client)
+    r = await client.post("/api/api-keys", json={"name": "k", "scopes": ["2fa:read"], "rateLimit": 501},
+                          headers=account.auth)
+    assert r.status == 400, await r.text()
+    assert await error_code(r) == "VALIDATION_ERROR"
+    assert [f["field"] for f in (await r.json())["error"]["details"]["fields"]] == ["rateLimit"]
+    assert (await create_key(client, account, rateLimit=500))["rateLimit"] == 500

@@ -139,6 +139,9 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         middlewares=[cors_middleware, core_middleware, auth_middleware],
         client_max_size=settings.MAX_BODY_BYTES,
+        # Passed to every connection's handler, whoever runs the app (run_app or a test server):
+        # a request's headers must be complete within this time, or the connection is closed.
+        handler_args={"keepalive_timeout": settings.HTTP_KEEPALIVE_SECONDS},
     )
     app[SETTINGS] = settings
     app[HEALTH] = Health(component="api", memory_limit_mb=settings.HEALTH_MEMORY_LIMIT_MB)

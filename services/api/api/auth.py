@@ -46,23 +46,26 @@ def either(scope: str) -> Access:
     return Access(frozenset({"user", "apiKey"}), scope)
 
 
-def credential(request: web.Request) -> str | None:
-    key = request.headers.get("X-API-Key")
+def credential(request: web.Request) -> tuple[str | None, bool]:
+    """The presented credential, and whether it came in `X-API-Key` (so can only be a key)."""
+    key = request.headers.get("X-API-Key", "").strip()
     if key:
-        return key.strip()
+        return key, True
     header = request.headers.get("Authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return None
+        return value.strip(), False
+    return None, False
 
 
 async def authenticate(request: web.Request, access: Access) -> Principal:
     """Resolve the caller for a protected route, or raise 401/403/429."""
-    presented = credential(request)
+    presented, in_key_header = credential(request)
     if presented is None:
         raise Unauthorized("Send a user token or an API key", code="UNAUTHORIZED")
-    if api_keys.looks_like_key(presented):
+    # Whatever arrives in X-API-Key is looked up as a key: a wrong one gets the same 401 whether
+    # or not it has the key prefix (and a user token is never accepted in that header).
+    if in_key_header or api_keys.looks_like_key(presented):
         if "apiKey" not in access.kinds:
             raise Forbidden("This endpoint needs a user token, not an API key", code="USER_TOKEN_REQUIRED")
         principal = await _api_key_principal(request, presented)

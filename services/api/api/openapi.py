@@ -11,7 +11,10 @@ from pydantic import BaseModel
 from shared.health import VERSION
 
 ERROR_STATUSES = {
-    "400": "Malformed JSON or invalid fields (VALIDATION_ERROR names each field)",
+    "400": (
+        "Malformed JSON or invalid fields (VALIDATION_ERROR names each field). A request line or"
+        " header over 8,190 bytes never reaches the API: the HTTP server refuses it in plain text"
+    ),
     "401": "Missing or bad credentials",
     "403": "Missing scope or not allowed",
     "404": "Not found",
@@ -68,7 +71,27 @@ def _parameters(route: Any, components: _Components) -> list[dict[str, Any]]:
     return params
 
 
+def text(*media_types: str) -> dict[str, Any]:
+    """A success body that is not the JSON envelope: text in each of `media_types`."""
+    return {media_type: {"schema": {"type": "string"}} for media_type in media_types}
+
+
+def binary(*media_types: str) -> dict[str, Any]:
+    """A success body of raw bytes in each of `media_types` (OpenAPI 3.1: no schema)."""
+    return {media_type: {} for media_type in media_types}
+
+
+# GET /openapi.json answers the document itself, not an envelope around it.
+DOCUMENT = {
+    "application/json": {
+        "schema": {"type": "object", "required": ["openapi", "info", "paths"]}
+    }
+}
+
+
 def _success(route: Any, components: _Components) -> dict[str, Any]:
+    if route.content is not None:
+        return {"description": route.summary, "content": route.content}
     data: dict[str, Any] = {}
     if route.response is not None:
         item = components.ref(route.response, "serialization")
@@ -91,11 +114,13 @@ def _success(route: Any, components: _Components) -> dict[str, Any]:
     }
 
 
-def _error_response(description: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}},
+def _error_response(description: str, *, plain_text: bool = False) -> dict[str, Any]:
+    content: dict[str, Any] = {
+        "application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}
     }
+    if plain_text:
+        content["text/plain"] = {"schema": {"type": "string"}}
+    return {"description": description, "content": content}
 
 
 def build(routes: list[Any]) -> dict[str, Any]:
@@ -110,7 +135,10 @@ def build(routes: list[Any]) -> dict[str, Any]:
             "parameters": _parameters(route, components),
             "responses": {
                 str(route.status): _success(route, components),
-                **{status: _error_response(text) for status, text in ERROR_STATUSES.items()},
+                **{
+                    status: _error_response(text, plain_text=status == "400")
+                    for status, text in ERROR_STATUSES.items()
+                },
             },
         }
         if not route.access.public:

@@ -3,13 +3,16 @@ bad field. Nothing malformed gets past here as an exception other than `AppError
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from shared.errors import UnsupportedMediaType, ValidationFailed
+from shared.errors import RequestTimeout, UnsupportedMediaType, ValidationFailed
+
+from api.keys import SETTINGS
 
 M = TypeVar("M", bound=BaseModel)
 # fetch() without a Content-Type sends text/plain; accept it rather than punish the guide's users.
@@ -67,7 +70,13 @@ async def read_json(request: web.Request) -> Any:
     # Over-long bodies: a declared Content-Length is refused by core_middleware, a chunked one
     # by aiohttp's client_max_size while reading (413 either way).
     ctype = request.content_type
-    raw = await request.read()
+    # A body trickled in byte by byte (slowloris) would hold this handler and its connection
+    # open for as long as the client likes; aiohttp itself sets no limit once the headers are in.
+    try:
+        async with asyncio.timeout(request.app[SETTINGS].HTTP_BODY_TIMEOUT_SECONDS):
+            raw = await request.read()
+    except TimeoutError:
+        raise RequestTimeout() from None
     if not raw.strip():
         return {}
     if ctype not in JSON_TYPES and not ctype.endswith("+json"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel
@@ -12,6 +13,7 @@ from pydantic import BaseModel
 from shared import metrics
 from shared.health import health_routes
 
+from api import openapi
 from api import schemas as s
 from api.auth import PUBLIC, TEMP_TOKEN_OR_KEY, USER_ONLY, Access, either
 from api.keys import ACCESS, HEALTH
@@ -34,6 +36,8 @@ class Route:
     response: type[BaseModel] | None = None
     status: int = 200
     is_list: bool = False
+    # The success body's media types and schemas when it is not the JSON envelope.
+    content: dict[str, Any] | None = None
     # Mounted under /api unless it belongs to the process rather than the API (/metrics).
     base: str = BASE
 
@@ -126,17 +130,20 @@ def api_routes() -> list[Route]:
               query=s.AuditQuery, response=s.AuditEntry, is_list=True),
         Route("GET", "/audit-logs/export", audit.export, either("audit:read"),
               "Audit entries as NDJSON or CSV, oldest first, streamed", "audit",
-              query=s.AuditExportQuery),
+              query=s.AuditExportQuery, content=openapi.text("application/x-ndjson", "text/csv")),
         Route("GET", "/audit-logs/verify", audit.verify, either("audit:read"),
               "Recompute the hash chain; names the first entry that does not verify", "audit",
               response=s.AuditVerdict),
-        Route("GET", "/openapi.json", docs.openapi, PUBLIC, "This document", "meta"),
-        Route("GET", "/docs", docs.page, PUBLIC, "This document, rendered (Swagger UI)", "meta"),
+        Route("GET", "/openapi.json", docs.openapi, PUBLIC, "This document", "meta",
+              content=openapi.DOCUMENT),
+        Route("GET", "/docs", docs.page, PUBLIC, "This document, rendered (Swagger UI)", "meta",
+              content=openapi.text("text/html")),
         Route("GET", "/docs/static/{name}", docs.static, PUBLIC,
-              "Swagger UI's files, served locally", "meta"),
+              "Swagger UI's files, served locally", "meta",
+              content=openapi.binary(*sorted(set(docs.STATIC.values())))),
         Route("GET", "/metrics", metrics.metrics_handler, PUBLIC,
               "Prometheus metrics of this process (scrape it inside the cluster; keep it off the Ingress)",
-              "meta", base=""),
+              "meta", content=openapi.text("text/plain"), base=""),
     ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -9,6 +10,7 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     EmailStr,
     Field,
@@ -36,6 +38,18 @@ def _known_scopes(value: list[str]) -> list[str]:
     return value
 
 
+# The contract's times are ISO-8601 strings; pydantic alone would also read a number, or a
+# numeric string such as "0.0", as Unix time.
+ISO_DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]")
+
+
+def _iso_text(value: Any) -> Any:
+    if isinstance(value, datetime) or (isinstance(value, str) and ISO_DATE_TIME.match(value)):
+        return value
+    raise ValueError("must be an ISO-8601 date-time with a time zone, e.g. 2026-01-01T00:00:00Z")
+
+
+IsoDateTime = Annotated[AwareDatetime, BeforeValidator(_iso_text)]
 Password = Annotated[str, Field(max_length=1024), AfterValidator(_bcrypt_length)]
 Username = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.\-]{3,32}$")]
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
@@ -70,7 +84,7 @@ class CreateApiKeyBody(Body):
     name: Name
     scopes: Scopes
     rateLimit: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
-    expiresAt: AwareDatetime | None = None
+    expiresAt: IsoDateTime | None = None
 
 
 class RotateApiKeyBody(Body):
@@ -172,8 +186,8 @@ class AuditFilterQuery(Body):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     userId: UserId | None = None
     event: Annotated[str, StringConstraints(max_length=64), AfterValidator(_known_event_type)] | None = None
-    from_: AwareDatetime | None = Field(default=None, alias="from")
-    to: AwareDatetime | None = None
+    from_: IsoDateTime | None = Field(default=None, alias="from")
+    to: IsoDateTime | None = None
 
 
 class AuditQuery(AuditFilterQuery):

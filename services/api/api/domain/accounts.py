@@ -48,6 +48,7 @@ REVOKE_FAMILY_SQL = """
 UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL
 """
 
+BCRYPT_MAX_BYTES = 72
 UNIQUE_FIELDS = {"accounts_email_key": "email", "accounts_username_key": "username"}
 
 Offload = Callable[..., Awaitable[Any]]
@@ -67,7 +68,13 @@ def hash_password(password: str, rounds: int) -> bytes:
 
 
 def check_password(password: str, hashed: bytes) -> bool:
-    return bcrypt.checkpw(password.encode(), hashed)
+    secret = password.encode()
+    # bcrypt 5 raises on more than 72 bytes instead of truncating. No stored password is that
+    # long (registration refuses them), so a longer one is simply wrong; the answer takes no
+    # longer for an existing account than for an unknown one, so it reveals nothing.
+    if len(secret) > BCRYPT_MAX_BYTES:
+        return False
+    return bcrypt.checkpw(secret, hashed)
 
 
 async def register(

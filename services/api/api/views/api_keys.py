@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from shared.envelope import ok, page
-from shared.errors import NotFound
+from shared.errors import NotFound, ValidationFailed
 
 from api.domain import api_keys, rate_limit
 from api.keys import CACHE, POOL, SETTINGS
@@ -39,6 +39,14 @@ async def _last_used(request: web.Request, ids: list[uuid.UUID]) -> dict[uuid.UU
 async def create(request: web.Request) -> web.Response:
     body = await parse_json(request, CreateApiKeyBody)
     settings = request.app[SETTINGS]
+    if body.rateLimit is not None and body.rateLimit > settings.API_KEY_MAX_RATE_LIMIT:
+        limit = settings.API_KEY_MAX_RATE_LIMIT
+        raise ValidationFailed(
+            "Invalid request body: rateLimit",
+            details={"fields": [{"field": "rateLimit",
+                                 "message": f"Input should be less than or equal to {limit}",
+                                 "type": "less_than_equal"}]},
+        )
     async with request.app[POOL].acquire() as conn:
         created = await api_keys.create(
             conn,
