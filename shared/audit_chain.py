@@ -11,7 +11,6 @@ remaining entry and trusts its link to what was dropped.
 from __future__ import annotations
 
 import hashlib
-import json
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -19,6 +18,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+
+from shared import json_codec
 
 GENESIS = bytes(32)
 CHAIN_SQL = """
@@ -31,7 +32,7 @@ FROM audit_log WHERE owner_id = $1 ORDER BY chain_seq
 def content(entry: Mapping[str, Any]) -> bytes:
     """The canonical bytes of one entry's content (everything but seq and the hashes)."""
     occurred: datetime = entry["occurred_at"]
-    return json.dumps(
+    return json_codec.dumps(
         {
             "chainSeq": entry["chain_seq"],
             "id": str(entry["id"]),
@@ -47,9 +48,7 @@ def content(entry: Mapping[str, Any]) -> bytes:
             "data": entry["data"],
         },
         sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-    ).encode()
+    )
 
 
 def link(prev_hash: bytes, entry: Mapping[str, Any]) -> bytes:

@@ -8,7 +8,6 @@ for several replicas to start at once: one applies, the others wait and then fin
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import structlog
 
+from shared import json_codec
 from shared.config import Settings
 
 log = structlog.get_logger(__name__)
@@ -37,11 +37,11 @@ RECORD_SQL = "INSERT INTO schema_migrations (version) VALUES ($1)"
 
 
 def _jsonb_encode(value: object) -> bytes:
-    return b"\x01" + json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    return b"\x01" + json_codec.dumps(value)
 
 
 def _jsonb_decode(data: bytes) -> object:
-    return json.loads(data[1:])  # the first byte is jsonb's binary format version (1)
+    return json_codec.loads(data[1:])  # the first byte is jsonb's binary format version (1)
 
 
 async def init_connection(conn: asyncpg.Connection) -> None:

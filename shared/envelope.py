@@ -8,7 +8,6 @@ copied to the top level (never over `success`/`data`), because the guide's snipp
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -16,6 +15,7 @@ from uuid import UUID
 
 from aiohttp import web
 
+from shared import json_codec
 from shared.errors import AppError
 
 RESERVED = ("success", "data")
@@ -31,8 +31,8 @@ def _default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def dumps(body: Any) -> str:
-    return json.dumps(body, default=_default, ensure_ascii=False, separators=(",", ":"))
+def dumps(body: Any) -> bytes:
+    return json_codec.dumps(body, default=_default, utc_z=True)
 
 
 def success_body(payload: Any) -> dict[str, Any]:
@@ -53,7 +53,8 @@ def error_body(exc: AppError) -> dict[str, Any]:
 
 def _json(body: dict[str, Any], status: int, headers: Mapping[str, str] | None) -> web.Response:
     return web.Response(
-        text=dumps(body), status=status, content_type="application/json", headers=headers
+        body=dumps(body), status=status, content_type="application/json", charset="utf-8",
+        headers=headers,
     )
 
 

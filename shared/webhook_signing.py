@@ -41,7 +41,7 @@ def body(event_id: uuid.UUID, event_type: str, occurred_at: datetime, data: dict
     """The delivery body of the contract, as the exact bytes that are signed and sent."""
     return dumps(
         {"id": event_id, "event": event_type, "timestamp": _iso_millis(occurred_at), "data": data}
-    ).encode()
+    )
 
 
 def _iso_millis(moment: datetime) -> str:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
@@ -68,12 +69,13 @@ async def write_batch(
             r["event_id"] for r in await conn.fetch(CLAIM_IDS_SQL, [e.id for e in unique], recorded_at)
         }
         rows = []
+        ids = _random_ids(len(new_ids))
         for event in unique:
             if event.id not in new_ids:
                 continue
             seq, prev = heads[event.ownerId]
             entry = {
-                "id": uuid.uuid4(),
+                "id": next(ids),
                 "owner_id": event.ownerId,
                 "chain_seq": seq + 1,
                 "event_id": event.id,
@@ -100,6 +102,13 @@ async def write_batch(
             MOVE_HEADS_SQL, moved, [heads[o][0] for o in moved], [heads[o][1] for o in moved]
         )
     return len(rows)
+
+
+def _random_ids(count: int) -> Iterator[uuid.UUID]:
+    """`count` version-4 UUIDs from one read of the OS's random source (uuid4() reads it once
+    per id)."""
+    raw = os.urandom(16 * count)
+    return (uuid.UUID(bytes=raw[i : i + 16], version=4) for i in range(0, 16 * count, 16))
 
 
 async def owners(conn: asyncpg.Connection) -> list[uuid.UUID]:

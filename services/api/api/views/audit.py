@@ -59,7 +59,7 @@ def _csv_row(entry: dict[str, Any]) -> list[Any]:
             str(entry["id"]), str(entry["eventId"]), entry["type"], entry["userId"],
             entry["actor"]["kind"], entry["actor"]["id"], entry["ip"], entry["userAgent"],
             json.loads(dumps(entry["occurredAt"])), json.loads(dumps(entry["recordedAt"])),
-            dumps(entry["data"]),
+            dumps(entry["data"]).decode(),
         )
     ]
 
@@ -90,7 +90,7 @@ async def export(request: web.Request) -> web.StreamResponse:
                 if is_csv:
                     writer.writerow(_csv_row(entry))
                 else:
-                    buffer.write(dumps(entry) + "\n")
+                    buffer.write(dumps(entry).decode() + "\n")
                 rows += 1
                 if rows % EXPORT_CHUNK_ROWS == 0:
                     await response.write(buffer.getvalue().encode())
