@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     API_KEY_DEFAULT_RATE_LIMIT: int = Field(default=1000, ge=1)
     API_KEY_MAX_RATE_LIMIT: int = Field(default=1_000_000, ge=1)
     API_KEY_LAST_USED_FLUSH_SECONDS: float = Field(default=30.0, gt=0)
+    # Seconds an API process keeps a key it has authenticated before reading it from the
+    # database again (0: every request reads it). A revoke or rotate reaches every process at
+    # once through Redis; this bounds how long a change could go unseen if Redis lost that news.
+    API_KEY_CACHE_SECONDS: float = Field(default=10.0, ge=0, le=300)
 
     # Providers (optional)
     TWILIO_ACCOUNT_SID: str = ""

@@ -701,16 +701,14 @@ async def test_create_with_a_bad_expires_at_is_400(client, value):
     assert await field_names(r) == ["expiresAt"]
 
 
-async def test_key_past_its_expiry_is_401_api_key_expired(client, db):
+async def test_key_past_its_expiry_is_401_api_key_expired(client):
     account = await new_account(client)
-    future = (datetime.now(UTC) + timedelta(days=1)).isoformat()
-    created = await create_key(client, account, scopes=["user:read"], expiresAt=future)
+    expires = datetime.now(UTC) + timedelta(seconds=1.5)
+    created = await create_key(client, account, scopes=["user:read"], expiresAt=expires.isoformat())
+    # Used while valid, so the API process also remembers it (API_KEY_CACHE_SECONDS).
     r = await client.get(ME, headers=with_key(created["apiKey"]))
     assert r.status == 200, await r.text()
-    await db.execute(
-        "UPDATE api_keys SET expires_at = now() - interval '1 second' WHERE id = $1",
-        uuid.UUID(created["id"]),
-    )
+    await asyncio.sleep((expires - datetime.now(UTC)).total_seconds() + 0.1)
     for headers in (with_key(created["apiKey"]), bearer(created["apiKey"])):
         r = await client.get(ME, headers=headers)
         assert r.status == 401, await r.text()
@@ -863,3 +861,35 @@ async def test_rate_limit_above_api_key_max_rate_limit_is_400(app_factory):
     assert await error_code(r) == "VALIDATION_ERROR"
     assert [f["field"] for f in (await r.json())["error"]["details"]["fields"]] == ["rateLimit"]
     assert (await create_key(client, account, rateLimit=500))["rateLimit"] == 500
+
+
+# --- replicas remember keys (API_KEY_CACHE_SECONDS) ----------------------------------------------
+
+
+async def test_a_revoke_or_rotation_reaches_every_replica_at_once(app_factory, settings):
+    # Two API replicas sharing Redis, as in production; both have just used (and so remember)
+    # the keys. A revoke or a rotation without grace on one is obeyed by the other at once,
+    # although the other would otherwise trust what it remembers for a minute.
+    shared = {"REDIS_KEY_PREFIX": f"{settings.REDIS_KEY_PREFIX}replicas-{uuid.uuid4().hex[:6]}:"}
+    one = await app_factory(API_KEY_CACHE_SECONDS=60, **shared)
+    two = await app_factory(API_KEY_CACHE_SECONDS=60, **shared)
+    account = await new_account(one)
+    revoked = await create_key(one, account, scopes=["user:read"])
+    rotated = await create_key(one, account, scopes=["user:read"])
+    for replica in (one, two):
+        for key in (revoked, rotated):
+            r = await replica.get(ME, headers=with_key(key["apiKey"]))
+            assert r.status == 200, await r.text()
+
+    r = await one.delete(f"/api/api-keys/{revoked['id']}", headers=account.auth)
+    assert r.status == 200, await r.text()
+    r = await rotate(one, account, rotated["id"], gracePeriodSeconds=0)
+    assert r.status == 200, await r.text()
+    new_key = (await r.json())["data"]["apiKey"]
+
+    r = await two.get(ME, headers=with_key(revoked["apiKey"]))
+    assert r.status == 401 and await error_code(r) == "API_KEY_REVOKED"
+    r = await two.get(ME, headers=with_key(rotated["apiKey"]))
+    assert r.status == 401 and await error_code(r) == "API_KEY_ROTATED"
+    r = await two.get(ME, headers=with_key(new_key))
+    assert r.status == 200, await r.text()

@@ -35,6 +35,7 @@ from api.keys import (
     CPU_POOL,
     DUMMY_HASH,
     HEALTH,
+    KNOWN_KEYS,
     OFFLOAD,
     OPENAPI,
     POOL,
@@ -146,6 +147,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[HEALTH] = Health(component="api", memory_limit_mb=settings.HEALTH_MEMORY_LIMIT_MB)
     app[ACCESS] = {}
+    app[KNOWN_KEYS] = api_keys.KnownKeys(settings.API_KEY_CACHE_SECONDS)
     routes = register(app)
     app[OPENAPI] = openapi.build(routes)
     app.cleanup_ctx.extend(

@@ -8,6 +8,7 @@ are set on every key-authenticated response, errors included.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -16,7 +17,7 @@ from aiohttp.web_urldispatcher import MatchInfoError
 from shared.errors import Forbidden, InsufficientScope, RateLimited, Unauthorized
 
 from api.domain import api_keys, rate_limit, sessions, tokens
-from api.keys import ACCESS, CACHE, POOL, PRINCIPAL, RATE_HEADERS, SETTINGS
+from api.keys import ACCESS, CACHE, KNOWN_KEYS, POOL, PRINCIPAL, RATE_HEADERS, SETTINGS
 from api.principal import ALL_SCOPES, Principal
 
 
@@ -77,9 +78,18 @@ async def authenticate(request: web.Request, access: Access) -> Principal:
 
 
 async def _api_key_principal(request: web.Request, key: str) -> Principal:
-    async with request.app[POOL].acquire() as conn:
-        identity = await api_keys.authenticate(conn, key)
-    result = await rate_limit.hit(request.app[CACHE], identity.id, identity.rate_limit)
+    known, cache = request.app[KNOWN_KEYS], request.app[CACHE]
+    key_digest = api_keys.digest(key)
+    remembered = known.get(key_digest)
+    record, read_at = remembered or await _read_key(request, key_digest)
+    identity = record.checked()
+    changed = api_keys.changed_key(cache, identity.owner_id)
+    result = await rate_limit.hit(cache, identity.id, identity.rate_limit, changed)
+    if remembered is not None and result.changed_at >= read_at:
+        # Revoked or rotated since this process read it: read it again before trusting it.
+        known.drop(key_digest)
+        record, _ = await _read_key(request, key_digest)
+        identity = record.checked()
     request[RATE_HEADERS] = result.headers()
     if not result.allowed:
         raise RateLimited(
@@ -89,6 +99,14 @@ async def _api_key_principal(request: web.Request, key: str) -> Principal:
     return Principal(
         kind="apiKey", owner_id=identity.owner_id, scopes=identity.scopes, api_key_id=identity.id
     )
+
+
+async def _read_key(request: web.Request, key_digest: bytes) -> tuple[api_keys.KeyRecord, float]:
+    read_at = time.time()  # before the read: a change committed during it is newer
+    async with request.app[POOL].acquire() as conn:
+        record = await api_keys.lookup(conn, key_digest)
+    request.app[KNOWN_KEYS].put(key_digest, record, read_at)
+    return record, read_at
 
 
 async def _user_principal(request: web.Request, token: str) -> Principal:

@@ -16,7 +16,7 @@ from shared.crypto import SecretBox
 from shared.health import Health
 from shared.outbox import Relay
 
-from api.domain import twofa
+from api.domain import api_keys, twofa
 from api.principal import Principal
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -35,6 +35,8 @@ OPENAPI = web.AppKey("openapi", dict)
 TWOFA = web.AppKey("twofa", twofa.Deps)
 # Encrypts what must be read back (TOTP secrets, webhook signing secrets); from ENCRYPTION_KEY.
 SECRET_BOX = web.AppKey("secret_box", SecretBox)
+# API keys this process authenticated lately (API_KEY_CACHE_SECONDS).
+KNOWN_KEYS = web.AppKey("known_keys", api_keys.KnownKeys)
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 RATE_HEADERS = web.RequestKey("rate_headers", dict)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,6 +19,7 @@ from typing import Any
 import asyncpg
 
 from shared import outbox
+from shared.cache import Cache
 from shared.errors import Conflict, Unauthorized, ValidationFailed
 from shared.events import ApiKeyData, EventType
 
@@ -211,19 +214,77 @@ class KeyIdentity:
     rate_limit: int
 
 
-async def authenticate(conn: asyncpg.Connection, key: str) -> KeyIdentity:
-    """Resolve a presented key, or 401 with a code saying why it is refused."""
-    row = await conn.fetchrow(AUTHENTICATE_SQL, digest(key))
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """A key as stored: its identity and what can end it."""
+
+    identity: KeyIdentity
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    secret_expires_at: datetime | None
+
+    def checked(self) -> KeyIdentity:
+        """The identity, or 401 with a code saying why the key is refused."""
+        now = datetime.now(UTC)
+        if self.revoked_at is not None:
+            raise Unauthorized("The API key has been revoked", code="API_KEY_REVOKED")
+        if self.expires_at is not None and self.expires_at <= now:
+            raise Unauthorized("The API key has expired", code="API_KEY_EXPIRED")
+        if self.secret_expires_at is not None and self.secret_expires_at <= now:
+            raise Unauthorized("This API key was rotated and its grace period is over", code="API_KEY_ROTATED")
+        return self.identity
+
+
+async def lookup(conn: asyncpg.Connection, key_digest: bytes) -> KeyRecord:
+    """The stored key with this digest, or 401 `INVALID_API_KEY`."""
+    row = await conn.fetchrow(AUTHENTICATE_SQL, key_digest)
     if row is None:
         raise Unauthorized("The API key is invalid", code="INVALID_API_KEY")
-    now = datetime.now(UTC)
-    if row["revoked_at"] is not None:
-        raise Unauthorized("The API key has been revoked", code="API_KEY_REVOKED")
-    if row["expires_at"] is not None and row["expires_at"] <= now:
-        raise Unauthorized("The API key has expired", code="API_KEY_EXPIRED")
-    if row["secret_expires_at"] is not None and row["secret_expires_at"] <= now:
-        raise Unauthorized("This API key was rotated and its grace period is over", code="API_KEY_ROTATED")
-    return KeyIdentity(row["id"], row["owner_id"], frozenset(row["scopes"]), row["rate_limit"])
+    identity = KeyIdentity(row["id"], row["owner_id"], frozenset(row["scopes"]), row["rate_limit"])
+    return KeyRecord(identity, row["expires_at"], row["revoked_at"], row["secret_expires_at"])
+
+
+class KnownKeys:
+    """The keys this process authenticated lately, so that a request with a known key skips
+    the database: each kept for `ttl` seconds with the (wall-clock) time it was read.
+
+    A revoke or rotate stamps the owner in Redis (`mark_changed`); the rate-limit check every
+    key request makes already reads that stamp, and a key read before its owner's latest
+    change is read again at once (`auth._api_key_principal`)."""
+
+    def __init__(self, ttl: float, max_entries: int = 10_000) -> None:
+        self._ttl = ttl
+        self._max = max_entries
+        self._entries: OrderedDict[bytes, tuple[KeyRecord, float]] = OrderedDict()
+
+    def get(self, key_digest: bytes) -> tuple[KeyRecord, float] | None:
+        found = self._entries.get(key_digest)
+        if found is None:
+            return None
+        if time.time() - found[1] > self._ttl:
+            del self._entries[key_digest]
+            return None
+        return found
+
+    def put(self, key_digest: bytes, record: KeyRecord, read_at: float) -> None:
+        if self._ttl <= 0:
+            return
+        self._entries[key_digest] = (record, read_at)
+        self._entries.move_to_end(key_digest)
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+
+    def drop(self, key_digest: bytes) -> None:
+        self._entries.pop(key_digest, None)
+
+
+def changed_key(cache: Cache, owner_id: uuid.UUID) -> str:
+    return cache.key("apikey", "changed", owner_id)
+
+
+async def mark_changed(cache: Cache, owner_id: uuid.UUID, ttl: float) -> None:
+    """Tell every API process that this owner's keys changed (after the change committed)."""
+    await cache.client.set(changed_key(cache, owner_id), repr(time.time()), ex=int(2 * ttl) + 60)
 
 
 async def flush_last_used(conn: asyncpg.Connection, last_used: dict[uuid.UUID, datetime]) -> None:

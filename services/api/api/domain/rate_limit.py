@@ -3,8 +3,9 @@
 - `FailureLimit`: counts failures (wrong passwords) per key in a fixed window; once a key reaches
   its limit, calls are refused with 429 and `Retry-After` until the window ends.
 - `RollingLimit`: the API-key hourly limit, a sliding window of 60 one-minute buckets. The same
-  script also counts usage per hour (requests and rejections) and records `lastUsedAt`, so a
-  key-authenticated request costs one Redis call and no database write for bookkeeping.
+  script also counts usage per hour (requests and rejections), records `lastUsedAt` and reads
+  the owner's keys-changed stamp (`api_keys.KnownKeys`), so a key-authenticated request costs
+  one Redis call and no database write for bookkeeping.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ local now = tonumber(ARGV[1])
 local limit = tonumber(ARGV[2])
 local minute = math.floor(now / 60)
 local oldest = minute - 59
+local changed = redis.call('GET', KEYS[4]) or '0'
 local fields = redis.call('HGETALL', KEYS[1])
 local total = 0
 local buckets = {}
@@ -69,14 +71,14 @@ if total >= limit then
     end
     redis.call('HINCRBY', KEYS[2], 'rejected', 1)
     redis.call('EXPIRE', KEYS[2], 90000)
-    return {0, 0, reset, math.ceil(retry)}
+    return {0, 0, reset, math.ceil(retry), changed}
 end
 redis.call('HINCRBY', KEYS[1], minute, 1)
 redis.call('EXPIRE', KEYS[1], 3660)
 redis.call('HINCRBY', KEYS[2], 'requests', 1)
 redis.call('EXPIRE', KEYS[2], 90000)
 redis.call('HSET', KEYS[3], ARGV[3], ARGV[1])
-return {1, limit - total - 1, reset, 0}
+return {1, limit - total - 1, reset, 0, changed}
 """
 
 
@@ -122,6 +124,8 @@ class RollingResult:
     remaining: int
     reset: int
     retry_after: int
+    # When the owner's keys last changed (Unix time; 0: not lately).
+    changed_at: float = 0.0
 
     def headers(self) -> dict[str, str]:
         return {
@@ -139,15 +143,17 @@ def last_used_key(cache: Cache) -> str:
     return cache.key("apikey", "last-used")
 
 
-async def hit(cache: Cache, api_key_id: uuid.UUID, limit: int) -> RollingResult:
-    """Count one request against the key's rolling hour; never raises for the limit itself."""
+async def hit(cache: Cache, api_key_id: uuid.UUID, limit: int, changed_key: str) -> RollingResult:
+    """Count one request against the key's rolling hour; never raises for the limit itself.
+    Also reads the stamp at `changed_key`."""
     now = time.time()
     keys = [
         cache.key("apikey", "window", api_key_id),
         usage_key(cache, api_key_id, int(now // 3600)),
         last_used_key(cache),
+        changed_key,
     ]
-    allowed, remaining, reset, retry = await cache.client.eval(
+    allowed, remaining, reset, retry, changed = await cache.client.eval(
         ROLLING_LUA, len(keys), *keys, repr(now), limit, str(api_key_id)
     )
-    return RollingResult(bool(allowed), limit, int(remaining), int(reset), int(retry))
+    return RollingResult(bool(allowed), limit, int(remaining), int(reset), int(retry), float(changed))

@@ -52,7 +52,10 @@ RETURNING 1
 """
 GET_WITH_USER_SQL = """
 SELECT u.id, u.external_id, u.device_generation,
-       f.secret_ciphertext, f.enabled_at, f.last_used_step, f.last_used_at, f.created_at
+       f.secret_ciphertext, f.enabled_at, f.last_used_step, f.last_used_at, f.created_at,
+       ARRAY(SELECT c.kind FROM contact_factors c
+             WHERE c.owner_id = u.owner_id AND c.end_user_id = u.id AND c.enabled_at IS NOT NULL
+             ORDER BY c.enabled_at) AS contact_kinds
 FROM end_users u
 LEFT JOIN totp_factors f ON f.owner_id = u.owner_id AND f.end_user_id = u.id
 WHERE u.owner_id = $1 AND u.external_id = $2
@@ -140,16 +143,18 @@ async def load(conn: asyncpg.Connection, box: SecretBox, user: EndUser) -> Facto
 
 async def load_with_user(
     conn: asyncpg.Connection, box: SecretBox, owner_id: uuid.UUID, external_id: str
-) -> tuple[EndUser | None, Factor | None]:
-    """The owner's end user and its TOTP factor in one round trip (the verify hot path)."""
+) -> tuple[EndUser | None, Factor | None, list[str]]:
+    """The owner's end user, its TOTP factor and its enabled SMS/email methods (first enabled
+    first), in one round trip: the verify hot path."""
     row = await conn.fetchrow(GET_WITH_USER_SQL, owner_id, external_id)
     if row is None:
-        return None, None
+        return None, None, []
     user = EndUser(row["id"], owner_id, row["external_id"], row["device_generation"])
+    contact_kinds = list(row["contact_kinds"])
     if row["secret_ciphertext"] is None:
-        return user, None
+        return user, None, contact_kinds
     secret = box.decrypt(row["secret_ciphertext"], user.aad).decode()
-    return user, Factor(secret, row["enabled_at"] is not None, row["last_used_step"], row)
+    return user, Factor(secret, row["enabled_at"] is not None, row["last_used_step"], row), contact_kinds
 
 
 async def enable(conn: asyncpg.Connection, user: EndUser, step: int) -> bool:

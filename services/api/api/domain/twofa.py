@@ -58,9 +58,6 @@ SELECT kind, created_at, enabled_at, last_used_at, masked FROM contact_factors
 WHERE owner_id = $1 AND end_user_id = $2 AND enabled_at IS NOT NULL
 ORDER BY enabled_at
 """
-CONTACT_ENABLED_SQL = """
-SELECT kind FROM contact_factors WHERE owner_id = $1 AND end_user_id = $2 AND enabled_at IS NOT NULL
-"""
 DESTINATION_FIELD = {"sms": "phoneNumber", "email": "email"}
 NOTIFICATION_TYPES = {"sms": EventType.NOTIFICATION_SMS, "email": EventType.NOTIFICATION_EMAIL}
 
@@ -156,12 +153,6 @@ async def verify_setup(
     return {"enabled": True, "method": "totp", "backupCodes": codes}
 
 
-async def _contact_kinds(conn: asyncpg.Connection, user: EndUser, *, skip: bool) -> list[Kind]:
-    if skip:
-        return []
-    return [r["kind"] for r in await conn.fetch(CONTACT_ENABLED_SQL, user.owner_id, user.id)]
-
-
 async def _used(conn: asyncpg.Connection, user: EndUser, kind: Kind) -> bool:
     """The SMS/email code was consumed in Redis already; it counts only while the method is
     still enabled (a code sent before the method was turned off does not)."""
@@ -186,10 +177,8 @@ async def verify(
     """Check a code for a user with 2FA on; returns the method that accepted it and the user,
     or raises 401 `INVALID_CODE` (after recording `2fa.failed`) or 429 when locked."""
     check_code_format(code)
-    user, factor = await totp.load_with_user(conn, deps.box, ctx.owner_id, external_id)
+    user, factor, contact_kinds = await totp.load_with_user(conn, deps.box, ctx.owner_id, external_id)
     totp_on = factor is not None and factor.enabled
-    # Only a user without TOTP costs the extra query: the TOTP hot path stays one round trip.
-    contact_kinds = [] if user is None else await _contact_kinds(conn, user, skip=totp_on)
     if user is None or not (totp_on or contact_kinds):
         raise ValidationFailed("Two-factor authentication is not enabled for this user", code="TWO_FACTOR_NOT_ENABLED")
     attempt = await lockout.begin(deps.cache, deps.settings, user)
@@ -211,7 +200,7 @@ async def verify(
         elif (skew := totp.clock_skew_steps(factor.secret, code)) is not None:
             reason = "clock_skew"
             message, details = _skew_message(skew)
-    if is_six_digits and not accepted and reason == "invalid_code":
+    if is_six_digits and not accepted and reason == "invalid_code" and contact_kinds:
         # A login code is only ever sent for an enabled method, so what waits in Redis is enough.
         for kind in await otc.pending_channels(deps.cache, user, "login"):
             checked = await otc.check(deps.cache, deps.box, user, kind, "login", code)

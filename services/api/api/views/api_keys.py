@@ -81,13 +81,22 @@ async def rotate(request: web.Request) -> web.Response:
         view = await api_keys.rotate(
             conn, context_of(request), key_id_of(request), body.gracePeriodSeconds
         )
+    await _announce_change(request)
     return ok(view)
 
 
 async def revoke(request: web.Request) -> web.Response:
     async with request.app[POOL].acquire() as conn:
         row = await api_keys.revoke(conn, context_of(request), key_id_of(request))
+    await _announce_change(request)
     return ok(api_keys.key_view(row))
+
+
+async def _announce_change(request: web.Request) -> None:
+    """Every API process re-reads this owner's keys on their next use (`KnownKeys`)."""
+    settings = request.app[SETTINGS]
+    ctx = context_of(request)
+    await api_keys.mark_changed(request.app[CACHE], ctx.owner_id, settings.API_KEY_CACHE_SECONDS)
 
 
 async def usage(request: web.Request) -> web.Response:
