@@ -152,6 +152,9 @@ class Settings(BaseSettings):
     LOG_FORMAT: Literal["json", "console"] = "console"
     HEALTH_MEMORY_LIMIT_MB: int = Field(default=1024, ge=16)
     OUTBOX_POLL_SECONDS: float = Field(default=1.0, gt=0)
+    # Seconds the relay waits after a commit wakes it, so that one transaction publishes the
+    # events of many requests (0: relay each wake-up at once).
+    OUTBOX_GATHER_SECONDS: float = Field(default=0.005, ge=0, le=1)
 
     @field_validator("CORS_ORIGINS", mode="before")
     @classmethod

@@ -24,14 +24,15 @@ from shared.events import Event
 log = structlog.get_logger(__name__)
 
 INSERT_SQL = "INSERT INTO outbox (id, type, body) VALUES ($1, $2, $3)"
+# Claims and marks a batch in one statement; the mark only sticks if the transaction commits,
+# which it does after the broker has confirmed every row.
 CLAIM_SQL = """
-SELECT seq, id, type, body, created_at FROM outbox
-WHERE sent_at IS NULL
-ORDER BY seq
-LIMIT $1
-FOR UPDATE SKIP LOCKED
+UPDATE outbox SET sent_at = now()
+WHERE seq IN (
+    SELECT seq FROM outbox WHERE sent_at IS NULL ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED
+)
+RETURNING seq, id, type, body, created_at
 """
-MARK_SENT_SQL = "UPDATE outbox SET sent_at = now() WHERE seq = ANY($1::bigint[])"
 PURGE_SQL = "DELETE FROM outbox WHERE sent_at < now() - make_interval(secs => $1)"
 
 
@@ -53,12 +54,14 @@ class Relay:
         publisher: Publisher,
         *,
         poll_seconds: float = 1.0,
+        gather_seconds: float = 0.0,
         batch_size: int = 200,
         keep_sent_seconds: int = 24 * 3600,
     ) -> None:
         self._pool = pool
         self._publisher = publisher
         self._poll = poll_seconds
+        self._gather = gather_seconds
         self._batch = batch_size
         self._keep_sent = keep_sent_seconds
         self._wake = asyncio.Event()
@@ -70,14 +73,13 @@ class Relay:
     async def relay_once(self) -> int:
         """Publish one batch; returns how many rows were sent (0 when none were waiting)."""
         async with self._pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(CLAIM_SQL, self._batch)
+            rows = sorted(await conn.fetch(CLAIM_SQL, self._batch), key=lambda r: r["seq"])
             if not rows:
                 metrics.OUTBOX_LAG.set(0)
                 return 0
             await asyncio.gather(
                 *(self._publisher.publish(str(r["id"]), r["type"], r["body"]) for r in rows)
             )
-            await conn.execute(MARK_SENT_SQL, [r["seq"] for r in rows])
         self.published += len(rows)
         metrics.OUTBOX_LAG.set(max((time.time() - rows[0]["created_at"].timestamp()), 0.0))
         for row in rows:
@@ -119,6 +121,9 @@ class Relay:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._poll):
                         await self._wake.wait()
+                        # Woken by a commit: let the commits of the next moment join the batch.
+                        if self._gather:
+                            await asyncio.sleep(self._gather)
         finally:
             if listener is not None and not listener.is_closed():
                 with contextlib.suppress(Exception):

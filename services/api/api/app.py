@@ -104,7 +104,13 @@ async def relay_ctx(app: web.Application) -> AsyncIterator[None]:
     # Its own two connections (LISTEN, and the relaying transaction): under load the relay never
     # waits in line behind requests for the shared pool, so events keep flowing.
     async with db.create_pool(app[SETTINGS], size=2) as pool:
-        relay = Relay(pool, app[PUBLISHER], poll_seconds=app[SETTINGS].OUTBOX_POLL_SECONDS)
+        settings = app[SETTINGS]
+        relay = Relay(
+            pool,
+            app[PUBLISHER],
+            poll_seconds=settings.OUTBOX_POLL_SECONDS,
+            gather_seconds=settings.OUTBOX_GATHER_SECONDS,
+        )
         app[RELAY] = relay
         async for _ in _run_forever(relay.run, "outbox-relay"):
             yield
