@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 
 from shared.config import Settings
 
@@ -21,9 +23,18 @@ class Cache:
 
     client: aioredis.Redis
     prefix: str
+    _scripts: dict[str, AsyncScript] = field(default_factory=dict)
 
     def key(self, *parts: object) -> str:
         return self.prefix + ":".join(str(p) for p in parts)
+
+    async def eval(self, script: str, numkeys: int, *keys_and_args: Any) -> Any:
+        """`EVAL`, sent as `EVALSHA`: Redis gets the script's digest, not its text, after the
+        first call (and the text again should it have forgotten it)."""
+        registered = self._scripts.get(script)
+        if registered is None:
+            registered = self._scripts[script] = self.client.register_script(script)
+        return await registered(keys=keys_and_args[:numkeys], args=keys_and_args[numkeys:])
 
     async def ping(self) -> None:
         await self.client.ping()

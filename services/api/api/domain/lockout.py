@@ -54,7 +54,7 @@ def locked_error(retry_after: int) -> RateLimited:
 async def begin(cache: Cache, settings: Settings, user: EndUser) -> Attempt:
     """Count an attempt, or raise 429 `TWO_FACTOR_LOCKED` with `Retry-After`."""
     lock_key, count_key = _keys(cache, user)
-    number, retry_after = await cache.client.eval(
+    number, retry_after = await cache.eval(
         BEGIN_LUA, 2, lock_key, count_key, settings.TWOFA_MAX_FAILURES, settings.TWOFA_LOCKOUT_SECONDS
     )
     if int(number) < 0:

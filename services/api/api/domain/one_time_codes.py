@@ -105,7 +105,7 @@ async def issue(
     """A new code for the user, or 429 `RESEND_TOO_SOON` within the cooldown."""
     code = new_code()
     ttl = settings.CONTACT_CODE_TTL_SECONDS
-    sent, value = await cache.client.eval(
+    sent, value = await cache.eval(
         ISSUE_LUA,
         2,
         _code_key(cache, user, channel, purpose),
@@ -125,7 +125,7 @@ async def issue(
 async def check(
     cache: Cache, box: SecretBox, user: EndUser, channel: Channel, purpose: Purpose, code: str
 ) -> Checked:
-    status, left, ttl = await cache.client.eval(
+    status, left, ttl = await cache.eval(
         CHECK_LUA, 1, _code_key(cache, user, channel, purpose), _hash(box, user, channel, purpose, code)
     )
     names = {1: "right", 0: "wrong", -1: "none", -2: "exhausted"}
@@ -178,7 +178,7 @@ def seconds_to_midnight() -> int:
 
 async def count_send(caps: list[Cap], cache: Cache) -> Cap | None:
     """Count one send against every cap; the cap that refuses it (nothing counted), or None."""
-    hit = await cache.client.eval(
+    hit = await cache.eval(
         CAPS_LUA, len(caps), *[c.key for c in caps], *[c.limit for c in caps], 2 * 86400
     )
     return caps[int(hit) - 1] if int(hit) else None

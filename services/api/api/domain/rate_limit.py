@@ -98,19 +98,19 @@ async def forget_flushed_last_used(cache: Cache, stamps: dict[bytes, bytes]) -> 
     """Remove `lastUsedAt` stamps now stored in the database, so the hash stays small."""
     if stamps:
         args = [part for pair in stamps.items() for part in pair]
-        await cache.client.eval(FORGET_FLUSHED_LUA, 1, last_used_key(cache), *args)
+        await cache.eval(FORGET_FLUSHED_LUA, 1, last_used_key(cache), *args)
 
 
 async def check_failures(cache: Cache, limits: dict[str, int], message: str) -> None:
     """Refuse with 429 when any key has reached its failure limit."""
     keys = list(limits)
-    retry_after = await cache.client.eval(CHECK_FAILURES_LUA, len(keys), *keys, *limits.values())
+    retry_after = await cache.eval(CHECK_FAILURES_LUA, len(keys), *keys, *limits.values())
     if int(retry_after) > 0:
         raise RateLimited(int(retry_after), message, code="TOO_MANY_ATTEMPTS")
 
 
 async def record_failure(cache: Cache, keys: list[str], window_seconds: int) -> None:
-    await cache.client.eval(RECORD_FAILURE_LUA, len(keys), *keys, window_seconds)
+    await cache.eval(RECORD_FAILURE_LUA, len(keys), *keys, window_seconds)
 
 
 async def clear_failures(cache: Cache, *keys: str) -> None:
@@ -153,7 +153,7 @@ async def hit(cache: Cache, api_key_id: uuid.UUID, limit: int, changed_key: str)
         last_used_key(cache),
         changed_key,
     ]
-    allowed, remaining, reset, retry, changed = await cache.client.eval(
+    allowed, remaining, reset, retry, changed = await cache.eval(
         ROLLING_LUA, len(keys), *keys, repr(now), limit, str(api_key_id)
     )
     return RollingResult(bool(allowed), limit, int(remaining), int(reset), int(retry), float(changed))
