@@ -35,6 +35,7 @@ from typing import Any
 
 import aio_pika
 import structlog
+import uvloop
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from aiohttp import web
 from pydantic import ValidationError
@@ -157,7 +158,9 @@ class Consumer:
             # A channel per inbox: its own prefetch window and its own delivery tags to ack.
             inbox_channel = await connection.channel()
             await inbox_channel.set_qos(prefetch_count=self.prefetch)
-            queue = await inbox_channel.get_queue(inbox.queue, ensure=False)
+            # Declared (passively) rather than `get_queue(ensure=False)`: only a declared queue
+            # is known to the robust channel, which re-subscribes it after a broker restart.
+            queue = await inbox_channel.declare_queue(inbox.queue, passive=True)
             tag = await queue.consume(self._receiver(inbox))
             self._subscriptions.append((queue, tag))
         log.info("consumer started", queue=events.queue, health_port=self.bound_port)
@@ -375,4 +378,4 @@ def run_main(service: str, build: Callable[[Settings], Consumer]) -> None:
 
     settings = load_settings()
     configure_logging(settings, service)
-    asyncio.run(serve(build(settings)))
+    uvloop.run(serve(build(settings)))

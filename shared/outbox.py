@@ -42,6 +42,9 @@ async def add(conn: asyncpg.Connection, event: Event) -> None:
 
 
 async def add_many(conn: asyncpg.Connection, events: list[Event]) -> None:
+    if len(events) == 1:  # the usual case; a plain execute costs less than executemany
+        await add(conn, events[0])
+        return
     await conn.executemany(INSERT_SQL, [(e.id, e.type.value, e.to_bytes()) for e in events])
 
 

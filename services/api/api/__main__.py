@@ -10,6 +10,7 @@ import signal
 import socket
 import sys
 
+import uvloop
 from aiohttp import web
 
 from shared.config import Settings, load_settings
@@ -21,7 +22,12 @@ from api.app import create_app
 def serve(settings: Settings, sock: socket.socket | None = None) -> None:
     kwargs = {"sock": sock} if sock else {"host": settings.HOST, "port": settings.PORT}
     web.run_app(
-        create_app(settings), access_log=None, print=None, shutdown_timeout=10, **kwargs  # type: ignore[arg-type]
+        create_app(settings),
+        access_log=None,
+        print=None,
+        shutdown_timeout=10,
+        loop=uvloop.new_event_loop(),  # libuv's loop: less CPU per request than asyncio's own
+        **kwargs,  # type: ignore[arg-type]
     )
 
 
