@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 NODE   := tests/clients/node
 EXAMPLES_NODE := examples/node
 
-.PHONY: install run migrate test bench bench-webhooks bench-audit bench-notifier clean audit-verify
+.PHONY: install run migrate test test-reliability soak bench bench-compare bench-api bench-webhooks bench-audit bench-notifier clean audit-verify
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,9 +45,41 @@ test: install $(NODE)/node_modules $(EXAMPLES_NODE)/node_modules
 		|| { apt-get update -qq && apt-get install -y -qq oathtool; }
 	@$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-## make bench: the benchmarks under bench/ (start the system with `make run` first, or let it)
+## make test-reliability: every fault run of tests/reliability under load (RabbitMQ, PostgreSQL and
+## Redis restarted, each service killed with kill -9) on private servers it starts on free ports;
+## ~3 min. `make test` runs a short version (a RabbitMQ restart and a dispatcher kill).
+test-reliability: install
+	@RELIABILITY=full $(BIN)/python -m pytest -q tests/reliability $(PYTEST_ARGS)
+
+## make soak: SOAK_SECONDS (600) of steady mixed load on the whole system (private servers), every
+## service's RSS and open connections sampled every 10 s, a growth slope and verdict per service
+SOAK_SECONDS ?= 600
+soak: install
+	@$(BIN)/python -m tests.reliability.soak --seconds $(SOAK_SECONDS)
+
+## make bench: every benchmark under bench/ (bounded, ~8 min), one table of them all, and
+## bench/results/bench-all-<time>.json (each part starts its own isolated system; BENCH_ARGS=--quick
+## for a ~3-minute smoke test, BENCH_ARGS=--no-peers to leave privacyIDEA out)
 bench: install
-	@bash bench/run.sh
+	@bash bench/run.sh $(BENCH_ARGS)
+
+## make bench-compare A.json B.json (or A=... B=...): two `make bench` results, scenario by scenario
+COMPARE_FILES := $(filter-out bench-compare,$(MAKECMDGOALS))
+bench-compare: install
+	@$(BIN)/python bench/compare.py $(or $(A),$(word 1,$(COMPARE_FILES))) $(or $(B),$(word 2,$(COMPARE_FILES)))
+ifeq (bench-compare,$(firstword $(MAKECMDGOALS)))
+# The file names after `bench-compare` are its arguments, not targets to build.
+.PHONY: $(sort $(COMPARE_FILES))
+$(sort $(COMPARE_FILES)):
+	@:
+endif
+
+## make bench-api: the API's scenarios alone, with their own options (bench/run_bench.py: wrk, the
+## peers, the 2FA login, the storm; BENCH_ARGS="--only verify" etc.)
+bench-api: install
+	@command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null 2>&1 \
+		|| { apt-get update -qq && apt-get install -y -qq wrk; }
+	@$(BIN)/python bench/run_bench.py $(BENCH_ARGS)
 
 ## make bench-webhooks: the webhook dispatcher's deliveries/s (1 and 2 replicas) and end-to-end latency
 bench-webhooks: install

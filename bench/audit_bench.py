@@ -59,6 +59,9 @@ import aio_pika
 import aiohttp
 import asyncpg
 import run_bench as rb
+from api.domain import audit as audit_read
+from audit import store
+from procstats import PeakRss
 
 from shared import broker, db
 from shared.cache import create_cache
@@ -66,9 +69,6 @@ from shared.config import Settings
 from shared.events import Actor, Event, EventType, TwoFactorData, TwoFactorFailedData
 from shared.logs import configure_logging
 from shared.migrate import prepare
-
-from api.domain import audit as audit_read
-from audit import store
 
 DATABASE = "tfa_bench_audit"
 REDIS_KEY_PREFIX = "tfa-bench-audit:"
@@ -543,6 +543,8 @@ class Ingest:
                 profiler = Profiler(args.py_spy, replica.pid, out)
             samples = asyncio.run(wait_written(settings, n, replica))
             cpu = meter.usage(before, meter.snapshot(), top=5)
+            # Started for this run: its peak since it started is this run's.
+            peak = PeakRss({"audit": [replica.pid]}).stop()
             if profiler is not None and (summary := profiler.stop()) is not None:
                 self.profiles[f"audit replica, AUDIT_BATCH_SIZE={batch_size}"] = summary
                 profiler = None
@@ -572,6 +574,7 @@ class Ingest:
             "steady_events_per_second": round(steady) if steady else None,
             "first_commit_after_seconds": round(first[0] - started, 2) if first else None,
             "cpu_cores": cpu,
+            "peak_rss_mb": peak["mb"],
             "replica_cpu_ms_per_event": round(1000 * cpu["replica"] * seconds / written, 3)
             if written
             else None,
@@ -1174,6 +1177,9 @@ def main() -> int:
         action="store_true",
         help="py-spy on the replica (ingest) and the API (queries); figures then a little low",
     )
+    parser.add_argument(
+        "--out", type=Path, help="write the JSON here (default bench/results/audit-<time>.json)"
+    )
     args = parser.parse_args()
     args.py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if args.profile and not os.access(args.py_spy, os.X_OK):
@@ -1269,9 +1275,10 @@ def main() -> int:
         **report,
         "profiles": profiles,
     }
-    out = rb.RESULTS / f"audit-{stamp}.json"
+    out = args.out or rb.RESULTS / f"audit-{stamp}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    print(f"results written to {out.relative_to(rb.ROOT)}")
+    print(f"results written to {out}")
     return 0
 
 

@@ -14,22 +14,29 @@ spent queued behind earlier commands; one clock: this process's `time.monotonic(
 check that every command was sent exactly once and recorded 'sent'.
 The providers answer at once, so this is the notifier's own cost (one HTTP request per SMS, one
 SMTP session per email, two statements in PostgreSQL per message), not a provider's.
+It also reports the CPU the notifier, PostgreSQL and RabbitMQ used from the publication to the
+last 'sent' row (the fakes run in this process and are not counted), and the notifier's peak
+resident memory; `--out` writes the figures as JSON (bench/all.py reads them).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import secrets
 import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import aio_pika
 import aiohttp
 import asyncpg
+import run_bench as rb
+from procstats import PeakRss
 
 from shared import broker, db
 from shared.config import Settings
@@ -146,7 +153,7 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
-async def run(count: int, email_share: float) -> None:
+async def run(count: int, email_share: float) -> dict[str, Any]:
     async with twilio_server() as twilio, smtp_server() as smtp:
         env = bench_settings(**twilio.settings(), **smtp.settings(EMAIL_FROM="bench@example.com"))
         settings = Settings(_env_file=None, **env)  # type: ignore[arg-type]
@@ -164,6 +171,9 @@ async def run(count: int, email_share: float) -> None:
             work = commands(settings, count, email_share)
             sms = sum(e.type == EventType.NOTIFICATION_SMS for e, _ in work)
             emails = count - sms
+            meter = rb.CpuMeter({"notifier": process.pid})
+            rss = PeakRss({"notifier": [process.pid]}).start()
+            before = meter.snapshot()
             published = time.monotonic()
             await publish(settings, [e for e, _ in work])
             print(
@@ -185,6 +195,8 @@ async def run(count: int, email_share: float) -> None:
                     await asyncio.sleep(0.1)
             finally:
                 await conn.close()
+            cpu = meter.usage(before, meter.snapshot(), top=5)
+            peak = rss.stop()
         finally:
             if process.returncode is None:
                 process.terminate()
@@ -204,14 +216,43 @@ async def run(count: int, email_share: float) -> None:
     )
     duplicates = len(twilio.messages) + len(smtp.messages) - count
     print(f"sent exactly once: {duplicates == 0} (duplicates: {duplicates}); rows 'sent': {sent}")
+    rate = count / span if span else 0.0
+    used = cpu["consumers"] + cpu["postgres"] + cpu["rabbitmq"]  # the notifier is "consumers"
+    print(
+        f"CPU: notifier {cpu['consumers']}, postgres {cpu['postgres']}, rabbitmq "
+        f"{cpu['rabbitmq']}, machine {cpu['machine']} cores over {cpu['seconds']} s; "
+        f"peak RSS {peak['mb']} MB"
+    )
+    return {
+        "messages": count,
+        "sms": sms,
+        "emails": emails,
+        "seconds": round(span, 2),
+        "messages_per_second": round(rate, 1),
+        "latency_from_publication_ms": {
+            f"p{p}": round(percentile(latencies, p), 1) for p in (50, 90, 99)
+        }
+        | {"max": round(max(latencies), 1)},
+        "duplicates": duplicates,
+        "rows_sent": sent,
+        "missing": max(0, count - len(arrivals)),
+        "cpu_cores": cpu,
+        "cpu_seconds_per_1000": round(1000 * used * cpu["seconds"] / count, 2),
+        "peak_rss_mb": peak["mb"],
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--email-share", type=float, default=0.5)
+    parser.add_argument("--out", type=Path, help="also write the figures here as JSON")
     args = parser.parse_args()
-    asyncio.run(run(args.messages, args.email_share))
+    result = asyncio.run(run(args.messages, args.email_share))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"notifier": result}, indent=2) + "\n")
+        print(f"results written to {args.out}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# `make bench`: the wrk benchmark of the API. Installs wrk if missing (Debian: apt-get, as root),
-# then runs bench/run_bench.py with the venv's Python; arguments are passed on (see --help).
-# It starts and stops its own system (database tfa_bench, API on :3101), so it never touches a
+# `make bench`: every benchmark under bench/ with bounded durations, then one table
+# (bench/all.py; `--quick` for a ~3-minute smoke test, `--help` for the options). Installs wrk if
+# missing (Debian: apt-get, as root) and the venv if it is missing. Each part starts and stops
+# its own isolated system (database tfa_bench..., API on :3101/:3121), so it never touches a
 # developer's `make run` on :3001.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,4 +14,4 @@ fi
 if [ ! -x .venv/bin/python ]; then
     make install
 fi
-exec .venv/bin/python bench/run_bench.py "$@"
+exec .venv/bin/python bench/all.py "$@"

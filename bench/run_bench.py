@@ -12,6 +12,13 @@ The 2FA verify scenarios first create an API key and enrol end users with TOTP t
 (concurrently), then send wrong codes (every answer should be 401) or right codes, each pair sent
 once (every answer should be 200). `--only` runs some of the scenarios.
 
+bench/suite.py adds, in the same run and against the same system: the bcrypt rate of the cores,
+the verify scenarios against the bare aiohttp ceiling (bench/ceiling.py) and privacyIDEA
+(bench/peers/privacyidea.py) with the same users and secrets, the login with 2FA
+(bench/login2fa.py) and the login storm (bench/storm.py). Around every measured run the CPU of
+each process group and the peak RSS of each service are recorded. bench/all.py (`make bench`)
+runs this with shorter settings, beside the other parts.
+
 The process environment may point at other PostgreSQL/Redis/RabbitMQ servers (DATABASE_URL's
 server part, REDIS_*, RABBITMQ_URL); every other service setting is fixed here, and the services
 run in an empty working directory so no `.env` is read.
@@ -36,6 +43,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,6 +52,8 @@ from typing import Any, ClassVar
 import aio_pika
 import aiohttp
 import pyotp
+from peers import process_tree
+from procstats import PeakRss
 
 from shared import db
 from shared.broker import Topology
@@ -75,6 +85,7 @@ SECRETS = ("JWT_ACCESS_SECRET", "JWT_REFRESH_SECRET", "DEVICE_TOKEN_SECRET", "EN
 # Only the benchmark's API: wrong codes must reach the code check instead of the lockout.
 TWOFA_MAX_FAILURES = 1_000_000_000
 API_KEY_RATE_LIMIT = 1_000_000  # per hour, the most the API accepts
+STORM_RECEIVER_PORT = 3105  # webhooks_bench.RECEIVER_PORT: the storm's webhook receiver
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # ignore http_proxy
 
@@ -90,33 +101,77 @@ class Scenario:
     tags: frozenset[str] = frozenset()  # what --only selects it by (its name is one too)
     expect: int | None = None  # the one right status; None: any status >= 400 is an error
     variant: str = ""  # shown after the path in the tables
+    # What serves it: "api", or a peer of bench/suite.py ("ceiling", "privacyidea"), on `port`.
+    target: str = "api"
+    port: int = API_PORT
+    # "wrk": a wrk run (measure); "login-2fa", "storm": bench/suite.py's own load generators.
+    kind: str = "wrk"
 
     @property
     def label(self) -> str:
-        return f"{self.method} {self.path}" + (f" {self.variant}" if self.variant else "")
+        peer = "" if self.target == "api" else f"{self.target}: "
+        return f"{peer}{self.method} {self.path}" + (f" {self.variant}" if self.variant else "")
 
 
-def scenarios(duration: int, login_duration: int) -> list[Scenario]:
+def scenarios(
+    duration: int,
+    login_duration: int,
+    *,
+    login_conns: tuple[int, ...] = (16, 64),
+    verify_conns: tuple[int, ...] = (16, 64),
+    storm_duration: int = 20,
+    storm_conns: int = 64,
+) -> list[Scenario]:
     def plain(
         name: str, method: str, path: str, conns: int, script: str, tag: str, secs: int
     ) -> Scenario:
         return Scenario(name, method, path, conns, script, secs, frozenset({tag}))
 
-    def verify(name: str, conns: int, expect: int, variant: str) -> Scenario:
-        path = "/api/2fa/verify"
-        tags = frozenset({"verify"})
-        return Scenario(name, "POST", path, conns, "verify.lua", duration, tags, expect, variant)
+    def verify(name: str, conns: int, expect: int, variant: str, target: str = "api") -> Scenario:
+        if target == "api":
+            path, script, port, tag = "/api/2fa/verify", "verify.lua", API_PORT, "verify"
+        else:
+            path, script, port, tag = suite_peer(target)
+        tags = frozenset({tag})
+        return Scenario(
+            name, "POST", path, conns, script, duration, tags, expect, variant, target, port
+        )
 
+    def pair(target: str, prefix: str) -> list[Scenario]:
+        return [
+            verify(f"{prefix}-{kind}", conns, expect, f"({kind} code)", target)
+            for kind, expect in (("wrong", 401), ("right", 200))
+            for conns in verify_conns
+        ]
+
+    login_2fa = Scenario(
+        "login-2fa", "POST", "/api/auth/login", 16, "", login_duration, frozenset({"login"}),
+        variant="+ /api/2fa/verify (2FA on)", kind="login-2fa",
+    )  # fmt: skip
+    storm = Scenario(
+        "storm", "MIX", "login storm", storm_conns, "", storm_duration, frozenset({"storm"}),
+        variant="(80% verify, 15% login, 5% setup)", kind="storm",
+    )  # fmt: skip
     return [
         plain("health/live", "GET", "/api/health/live", 64, "health.lua", "health", duration),
         plain("auth/me", "GET", "/api/auth/me", 64, "me.lua", "me", duration),
-        plain("auth/login", "POST", "/api/auth/login", 16, "login.lua", "login", login_duration),
-        plain("auth/login", "POST", "/api/auth/login", 64, "login.lua", "login", login_duration),
-        verify("verify-wrong", 16, 401, "(wrong code)"),
-        verify("verify-wrong", 64, 401, "(wrong code)"),
-        verify("verify-right", 16, 200, "(right code)"),
-        verify("verify-right", 64, 200, "(right code)"),
+        *(
+            plain("auth/login", "POST", "/api/auth/login", c, "login.lua", "login", login_duration)
+            for c in login_conns
+        ),
+        login_2fa,
+        *pair("api", "verify"),
+        *pair("ceiling", "ceiling"),
+        *pair("privacyidea", "privacyidea"),
+        storm,
     ]
+
+
+def suite_peer(target: str) -> tuple[str, str, int, str]:
+    """(path, wrk script, port, --only tag) of a peer's verify scenarios (bench/suite.py)."""
+    import suite
+
+    return suite.PEERS[target]
 
 
 def selectors(all_scenarios: list[Scenario]) -> list[str]:
@@ -159,6 +214,7 @@ def service_env() -> dict[str, str]:
         LOG_LEVEL="WARNING",
         BCRYPT_ROUNDS="12",
         TWOFA_MAX_FAILURES=str(TWOFA_MAX_FAILURES),
+        WEBHOOK_ALLOW_PRIVATE_URLS="true",  # the storm's webhook goes to 127.0.0.1
         PYTHONUNBUFFERED="1",
     )
     for port in SERVICES.values():
@@ -267,6 +323,10 @@ class System:
     def pids(self) -> dict[str, int]:
         return {m: p.pid for m, p in self.procs.items()}
 
+    def trees(self) -> dict[str, list[int]]:
+        """Each service's processes (the API's forked workers with API_WORKERS > 1)."""
+        return {m: process_tree(p.pid) for m, p in self.procs.items() if p.poll() is None}
+
     def stop(self) -> None:
         for proc in self.procs.values():
             if proc.poll() is None:
@@ -345,10 +405,17 @@ class CpuMeter:
         "beam.smp": "rabbitmq",
     }
 
-    def __init__(self, service_pids: dict[str, int]) -> None:
-        self.service_groups = {
-            pid: ("api" if m == "api" else "consumers") for m, pid in service_pids.items()
-        }
+    def __init__(self, service_pids: Mapping[str, int | Iterable[int]]) -> None:
+        """`service_pids`: each service's pid or pids (a forking service: the whole tree);
+        "api" is its own group, the others are "consumers"."""
+        self.service_groups: dict[int, str] = {}
+        for module, pids in service_pids.items():
+            self.add("api" if module == "api" else "consumers", pids)
+
+    def add(self, group: str, pids: int | Iterable[int]) -> None:
+        """Count `pids` as `group` from now on ("peer": bench/suite.py's comparison servers)."""
+        for pid in [pids] if isinstance(pids, int) else pids:
+            self.service_groups[pid] = group
 
     def group_of(self, pid: int, comm: str) -> str | None:
         return self.service_groups.get(pid) or self.GROUPS_BY_COMM.get(comm)
@@ -366,15 +433,16 @@ class CpuMeter:
         """Cores per group; 'other' is the machine's busy time not in a group (kernel work,
         other processes); with `top`, also the busiest processes outside the groups."""
         elapsed = end["t"] - start["t"]
-        cores = dict.fromkeys(("api", "consumers", "postgres", "redis", "rabbitmq"), 0.0)
+        groups = ("api", "consumers", "peer", "postgres", "redis", "rabbitmq", "bench")
+        cores = dict.fromkeys(groups, 0.0)
         others: list[tuple[float, str]] = []
         for pid, (comm, seconds) in end["procs"].items():
             before = start["procs"].get(pid)
             used = seconds - (before[1] if before and before[0] == comm else 0.0)
-            group = self.group_of(pid, comm)
+            group = "bench" if pid == os.getpid() else self.group_of(pid, comm)
             if group:
                 cores[group] += max(0.0, used) / elapsed
-            elif pid != os.getpid() and comm != "[kernel]" and used > 0:
+            elif comm != "[kernel]" and used > 0:
                 others.append((used / elapsed, f"{comm}[{pid}]"))
         cores["wrk"] = (end["children"] - start["children"]) / elapsed
         named = sum(cores.values())
@@ -383,6 +451,7 @@ class CpuMeter:
         cores["machine"] = (os.cpu_count() or 1) * busy / total if total else 0.0
         cores["other"] = max(0.0, cores["machine"] - named)
         result: dict[str, Any] = {k: round(v, 2) for k, v in cores.items()}
+        result["seconds"] = round(elapsed, 2)
         if top:
             result["busiest_other_processes"] = [
                 {"process": name, "cores": round(c, 2)}
@@ -553,14 +622,15 @@ class Verify:
         path.write_text("\n".join(lines) + "\n")
         return path
 
-    def wrong_pairs(self) -> tuple[Path, dict[str, Any]]:
-        """One wrong code per small-pool user: a code that none of the steps the API could
-        compare it with during the next minutes (the window and the skew search) produces."""
-        pool = self.pools["small"]
+    def wrong_pairs(self, pool_name: str = "small") -> tuple[Path, dict[str, Any]]:
+        """One wrong code per user of the pool (the small one): a code that none of the steps
+        the API could compare it with during the next minutes (the window and the skew search)
+        produces."""
+        pool = self.pools[pool_name]
         now = step_at(time.time())
         lines = [f"{user_id} {wrong_code(secret, now)}" for user_id, secret in pool.secrets.items()]
         random.shuffle(lines)
-        return self._write(lines), {"pool": "small", "pairs": len(lines), "mode": "cycle"}
+        return self._write(lines), {"pool": pool_name, "pairs": len(lines), "mode": "cycle"}
 
     def right_pairs(self, pool_name: str, seconds: int) -> tuple[Path, dict[str, Any]]:
         """One right code per user of the pool, all for one step T: the current step, or a
@@ -626,7 +696,7 @@ def run_wrk(
         "--latency",
         "-s",
         str(LUA / scenario.script),
-        f"http://{HOST}:{API_PORT}{scenario.path}",
+        f"http://{HOST}:{scenario.port}{scenario.path}",
     ]
     out = subprocess.run(
         cmd, check=False, capture_output=True, text=True, env=env, timeout=seconds + timeout + 60
@@ -737,27 +807,43 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def table_rows(results: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(label, result, summary) per line: a storm adds a line per request kind and one for the
+    health sampler beside it."""
+    rows = []
+    for r in results:
+        rows.append((r["label"], r, r["result"]))
+        for kind, summary in r.get("by_kind", {}).items():
+            rows.append((f"  storm: {kind}", {}, summary))
+        if "health" in r:
+            rows.append((f"  storm: GET /api/health/live at {r['health_rate']}/s", {}, r["health"]))
+    return rows
+
+
 def print_table(results: list[dict[str, Any]]) -> None:
-    width = max([len("scenario")] + [len(r["label"]) for r in results])
+    rows = table_rows(results)
+    width = max([len("scenario")] + [len(label) for label, _, _ in rows])
     print()
     head = (
         f"{'scenario':<{width}} {'conns':>5} {'requests':>9} {'requests/s':>11} {'p50 ms':>9} "
-        f"{'p99 ms':>9} {'errors/bad status':>18}"
+        f"{'p99 ms':>9} {'errors/bad status':>18} {'CPU s/1k':>9}"
     )
     print(head)
     print("-" * len(head))
-    for r in results:
-        s = r["result"]
+    for label, r, s in rows:
         rate = f"{s['requests_per_second']:.1f}" + ("*" if s.get("exhausted_threads") else "")
+        per_1000 = r.get("cpu_seconds_per_1000")
         print(
-            f"{r['label']:<{width}} {r['connections']:>5} {s['requests']:>9} {rate:>11} "
+            f"{label:<{width}} {r.get('connections', ''):>5} {s['requests']:>9} {rate:>11} "
             f"{s['latency_ms']['p50']:>9.2f} {s['latency_ms']['p99']:>9.2f} "
-            f"{s['socket_errors']:>9}/{s['unexpected']:<8}"
+            f"{s['socket_errors']:>9}/{s['unexpected']:<8} "
+            f"{per_1000 if per_1000 is not None else '':>9}"
         )
     print(
         "(errors = socket errors (connect/read/write/timeout); bad status = status >= 400, or "
         "for 2fa/verify any status but the expected one: 401 for wrong codes, 200 for right "
-        "codes)"
+        "codes; CPU s/1k = CPU seconds of the serving processes per 1,000 requests: API, "
+        "consumers, PostgreSQL, Redis and RabbitMQ, or a peer, PostgreSQL and Redis)"
     )
     if any(r["result"].get("exhausted_threads") for r in results):
         print(
@@ -766,8 +852,9 @@ def print_table(results: list[dict[str, Any]]) -> None:
         )
     print()
     head = (
-        f"{'CPU, cores used':<{width}} {'conns':>5} {'api':>6} {'consumers':>10} {'postgres':>9} "
-        f"{'redis':>6} {'rabbitmq':>9} {'wrk':>6} {'other':>6} {'machine':>8}"
+        f"{'CPU, cores used':<{width}} {'conns':>5} {'api':>6} {'consumers':>10} {'peer':>6} "
+        f"{'postgres':>9} {'redis':>6} {'rabbitmq':>9} {'wrk':>6} {'bench':>6} {'other':>6} "
+        f"{'machine':>8}"
     )
     print(head)
     print("-" * len(head))
@@ -775,13 +862,21 @@ def print_table(results: list[dict[str, Any]]) -> None:
         c = r["cpu_cores"]
         print(
             f"{r['label']:<{width}} {r['connections']:>5} {c['api']:>6.2f} "
-            f"{c['consumers']:>10.2f} {c['postgres']:>9.2f} {c['redis']:>6.2f} "
-            f"{c['rabbitmq']:>9.2f} {c['wrk']:>6.2f} {c['other']:>6.2f} {c['machine']:>8.2f}"
+            f"{c['consumers']:>10.2f} {c.get('peer', 0):>6.2f} {c['postgres']:>9.2f} "
+            f"{c['redis']:>6.2f} {c['rabbitmq']:>9.2f} {c['wrk']:>6.2f} {c.get('bench', 0):>6.2f} "
+            f"{c['other']:>6.2f} {c['machine']:>8.2f}"
         )
     print(
         f"(cores: 1.00 = one core busy for the whole run; this machine has {os.cpu_count()}. "
-        "'other' = machine minus the named groups: kernel, other processes.)"
+        "'peer' = the ceiling or privacyIDEA; 'bench' = this script (the 2FA login's and the "
+        "storm's load generator); 'other' = machine minus the named groups: kernel, other "
+        "processes.)"
     )
+    print()
+    print("peak RSS during the measured run, MB (sum over each service's processes):")
+    for r in results:
+        peaks = ", ".join(f"{k} {v:.0f}" for k, v in r.get("peak_rss_mb", {}).items())
+        print(f"  {r['label']} c={r['connections']}: {peaks}")
     print()
 
 
@@ -832,20 +927,24 @@ def verify_phase(
     if the warm-up's rate says it would run out of pairs (verify.lua also stops a thread whose
     pairs are used up, and the rate is then taken over the time actually used)."""
     assert scenario.expect is not None
+    prefix = "" if scenario.target == "api" else f"{scenario.target}-"  # a peer's own pools
     if scenario.expect != 200:
-        path, info = verify.wrong_pairs()
+        path, info = verify.wrong_pairs(prefix + "small")
         return verify.env(path, "cycle", scenario.expect), seconds, info
-    pool = "small" if phase == "warm-up" else "large"
+    pool = prefix + ("small" if phase == "warm-up" else "large")
+    replays = scenario.target == "ceiling"  # it has no replay guard: its pairs go round
     planned = seconds
     seconds = min(seconds, MAX_RIGHT_SECONDS)
-    if phase == "measured" and warm is not None:
+    if phase == "measured" and warm is not None and not replays:
         rate = warm["requests_per_second"]
         if rate > 0:
             fits = int(len(verify.pools[pool].secrets) / (rate * ESTIMATE_MARGIN))
             seconds = max(1, min(seconds, fits))
     path, info = verify.right_pairs(pool, seconds)
     info["planned_seconds"], info["seconds"] = planned, seconds
-    return verify.env(path, "once", scenario.expect), seconds, info
+    mode = "cycle" if replays else "once"
+    info["mode"] = mode
+    return verify.env(path, mode, scenario.expect), seconds, info
 
 
 def measure(
@@ -855,8 +954,10 @@ def measure(
     args: argparse.Namespace,
     wrk_env: dict[str, str],
     verify: Verify | None = None,
+    services: dict[str, list[int]] | None = None,
 ) -> dict[str, Any]:
-    """Warm up, wait for the system to idle, run wrk for the scenario's duration, print a line."""
+    """Warm up, wait for the system to idle, run wrk for the scenario's duration, print a line.
+    `services`: the processes whose peak RSS is reported (default: the system's)."""
     label = f"{scenario.label} c={scenario.connections}"
     warm: dict[str, Any] | None = None
     pairs: dict[str, Any] = {}
@@ -885,9 +986,11 @@ def measure(
         env = {**wrk_env, **env_add}
     print(f"  {label}: measuring {seconds} s ...", flush=True)
     profiler = start_profile(args, system, scenario, seconds)
+    rss = PeakRss(system.trees() if services is None else services).start()
     before = meter.snapshot()
     raw, human = run_wrk(scenario, seconds, args.threads, args.timeout, env)
     cpu = meter.usage(before, meter.snapshot(), top=5)
+    peak = rss.stop()
     profile = finish_profile(profiler)
     system.check_alive()
     summary = summarise(raw)
@@ -897,7 +1000,7 @@ def measure(
         f"p99 {latency['p99']} ms, {summary['requests']} requests, errors "
         f"{summary['socket_errors']} socket / {summary['unexpected']} bad status"
         + (f" (statuses {summary['statuses']})" if "statuses" in summary else "")
-        + f"; CPU api {cpu['api']} wrk {cpu['wrk']} machine {cpu['machine']} cores",
+        + f"; CPU {cpu_line(cpu, scenario.target)}",
         flush=True,
     )
     if summary.get("exhausted_threads"):
@@ -925,8 +1028,12 @@ def measure(
         "warmup_seconds": args.warmup,
         "duration_seconds": seconds,
         "quiesce_seconds_before": waited,
+        "target": scenario.target,
         "result": summary,
         "cpu_cores": cpu,
+        "cpu_seconds_per_1000": cpu_per_1000(cpu, summary["requests"], scenario.target),
+        "peak_rss_mb": peak["mb"],
+        "peak_rss_reset": peak["reset"],
         "wrk": raw,
         "wrk_output": human,
     }
@@ -941,6 +1048,29 @@ def measure(
             k: warm[k] for k in ("requests", "requests_per_second", "statuses", "unexpected")
         }
     return result
+
+
+# The processes that serve a target's requests, whose CPU a request costs.
+SYSTEM_GROUPS = {
+    "api": ("api", "consumers", "postgres", "redis", "rabbitmq"),
+    "peer": ("peer", "postgres", "redis"),
+}
+
+
+def cpu_per_1000(cpu: dict[str, Any], requests: int, target: str = "api") -> float | None:
+    """CPU seconds the serving processes used per 1,000 requests: for the API the API, the
+    consumers, PostgreSQL, Redis and RabbitMQ; for a peer the peer, PostgreSQL and Redis."""
+    if not requests:
+        return None
+    groups = SYSTEM_GROUPS["api" if target == "api" else "peer"]
+    seconds = sum(cpu.get(g, 0.0) for g in groups) * cpu["seconds"]
+    return round(1000 * seconds / requests, 2)
+
+
+def cpu_line(cpu: dict[str, Any], target: str = "api") -> str:
+    first = "api" if target == "api" else "peer"
+    shown = [first, "postgres", "wrk", "bench", "machine"]
+    return " ".join(f"{g} {cpu[g]}" for g in shown if cpu.get(g) or g in (first, "machine"))
 
 
 def main() -> int:
@@ -962,6 +1092,66 @@ def main() -> int:
     )
     parser.add_argument(
         "--timeout", type=int, default=30, help="wrk per-request timeout in seconds (default 30)"
+    )
+    parser.add_argument(
+        "--login-connections",
+        type=conns,
+        default=(16, 64),
+        help="connections of the login scenario, comma-separated (default 16,64)",
+    )
+    parser.add_argument(
+        "--verify-connections",
+        type=conns,
+        default=(16, 64),
+        help="connections of the verify scenarios (API and peers; default 16,64)",
+    )
+    parser.add_argument(
+        "--storm-duration",
+        type=int,
+        default=20,
+        help=f"measured seconds of the login storm (default 20, at most {MAX_RIGHT_SECONDS})",
+    )
+    parser.add_argument(
+        "--storm-connections", type=int, default=64, help="login storm: workers (default 64)"
+    )
+    parser.add_argument(
+        "--health-rate",
+        type=float,
+        default=20,
+        help="login storm: GET /api/health/live per second beside it (default 20)",
+    )
+    parser.add_argument(
+        "--bcrypt-seconds",
+        type=float,
+        default=4,
+        help="seconds of the bcrypt rate measurement (default 4)",
+    )
+    parser.add_argument(
+        "--api-workers",
+        type=int,
+        default=1,
+        help="API_WORKERS of the API, and processes of the ceiling (default 1)",
+    )
+    parser.add_argument(
+        "--pi-wrong-users",
+        type=int,
+        default=300,
+        help="privacyIDEA: users of the small pool it gets (wrong codes; default 300)",
+    )
+    parser.add_argument(
+        "--pi-right-users",
+        type=int,
+        default=800,
+        help="privacyIDEA: users of the large pool it gets (right codes; default 800)",
+    )
+    parser.add_argument(
+        "--pi-workers",
+        type=int,
+        default=0,
+        help="privacyIDEA: gunicorn sync workers (default: its image's, 2 x cores + 1, at most 4)",
+    )
+    parser.add_argument(
+        "--out", type=Path, help="write the JSON here (default bench/results/bench-<time>.json)"
     )
     every = scenarios(12, 15)
     parser.add_argument(
@@ -994,7 +1184,17 @@ def main() -> int:
         "disturbed; see bench/README.md)",
     )
     args = parser.parse_args()
-    chosen = select(scenarios(args.duration, args.login_duration), args.only)
+    chosen = select(
+        scenarios(
+            args.duration,
+            args.login_duration,
+            login_conns=args.login_connections,
+            verify_conns=args.verify_connections,
+            storm_duration=args.storm_duration,
+            storm_conns=args.storm_connections,
+        ),
+        args.only,
+    )
     args.py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if args.profile and not os.access(args.py_spy, os.X_OK):
         print("--profile needs py-spy: .venv/bin/pip install py-spy", file=sys.stderr)
@@ -1006,7 +1206,10 @@ def main() -> int:
             file=sys.stderr,
         )
         return 1
-    busy = [p for p in [API_PORT] + [s[1] for s in SERVICES.values() if s] if port_in_use(p)]
+    ports = [API_PORT] + [s[1] for s in SERVICES.values() if s]
+    ports += sorted({s.port for s in chosen if s.port != API_PORT})
+    ports += [STORM_RECEIVER_PORT] if any(s.kind == "storm" for s in chosen) else []
+    busy = [p for p in ports if port_in_use(p)]
     if busy:
         print(
             f"port(s) {', '.join(map(str, busy))} on {HOST} already in use; "
@@ -1023,6 +1226,7 @@ def main() -> int:
         flush=True,
     )
     env = service_env()
+    env["API_WORKERS"] = str(args.api_workers)
     settings = settings_of(env)
     configure_logging(settings, "bench")  # WARNING: no per-migration lines
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -1041,6 +1245,9 @@ def main() -> int:
     results: list[dict[str, Any]] = []
     idle: dict[str, Any] = {}
     verify: Verify | None = None
+    import suite  # after run_bench is importable by name (see the end of this file)
+
+    extras = suite.Suite(args, base, settings, log_dir)
     try:
         asyncio.run(cleanup_resources(settings))  # leftovers of an interrupted run
         applied = asyncio.run(prepare(settings))
@@ -1051,7 +1258,7 @@ def main() -> int:
         )
         system.start()
         system.wait_ready()
-        meter = CpuMeter(system.pids())
+        meter = CpuMeter(system.trees())
         idle_before = meter.snapshot()
         time.sleep(2)
         idle = meter.usage(idle_before, meter.snapshot(), top=5)
@@ -1076,10 +1283,12 @@ def main() -> int:
             flush=True,
         )
 
-        for scenario in chosen:
+        if any("login" in s.tags or s.kind == "storm" for s in chosen):
+            extras.bcrypt_rate()
+        for i, scenario in enumerate(chosen):
             if scenario.script == "me.lua":
                 wrk_env["BENCH_ACCESS_TOKEN"] = access_token(base, account)
-            if scenario.expect is not None and verify is None:
+            if (scenario.expect is not None or scenario.kind == "storm") and verify is None:
                 verify = Verify(base, args.wrong_users, args.right_users, args.enrol_concurrency)
                 verify.create_key(access_token(base, account))
                 print(
@@ -1100,20 +1309,38 @@ def main() -> int:
                     f"requests); system idle again after {enrolment['quiesce_seconds_after']} s",
                     flush=True,
                 )
+            if scenario.kind == "login-2fa":
+                results.append(extras.login_2fa(scenario, meter, system))
+                continue
+            if scenario.kind == "storm":
+                assert verify is not None
+                results.append(extras.storm(scenario, meter, system, verify, account))
+                continue
+            env_, services = wrk_env, None
+            if scenario.target != "api":
+                assert verify is not None
+                env_ = {**wrk_env, **extras.start_peer(scenario.target, verify, meter)}
+                services = extras.services(scenario.target)
             results.append(
                 measure(
                     scenario,
                     meter,
                     system,
                     args,
-                    wrk_env,
+                    env_,
                     verify if scenario.expect is not None else None,
+                    services,
                 )
             )
+            if scenario.target != "api" and all(
+                s.target != scenario.target for s in chosen[i + 1 :]
+            ):
+                extras.stop_peer(scenario.target)
     except KeyboardInterrupt:
         print("interrupted; stopping", file=sys.stderr)
         return 130
     finally:
+        extras.close()
         system.stop()
         asyncio.run(cleanup_resources(settings))
         if verify is not None:
@@ -1137,6 +1364,7 @@ def main() -> int:
             "broker_prefix": BROKER_PREFIX,
             "api_port": API_PORT,
             "bcrypt_rounds": settings.BCRYPT_ROUNDS,
+            "api_workers": settings.API_WORKERS,
             "db_pool_max": settings.DB_POOL_MAX,
             "log_level": settings.LOG_LEVEL,
             "wrk_threads": args.threads,
@@ -1151,11 +1379,23 @@ def main() -> int:
     }
     if verify is not None:
         report["verify_enrolment"] = verify.enrolment
-    out = RESULTS / f"bench-{stamp}.json"
+    if extras.bcrypt is not None:
+        report["bcrypt"] = extras.bcrypt
+    if extras.setups:
+        report["peers"] = extras.setups
+    out = args.out or RESULTS / f"bench-{stamp}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"results written to {out.relative_to(ROOT)}")
+    print(f"results written to {out}")
     return 0
 
 
+def conns(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x.strip())
+
+
 if __name__ == "__main__":
+    # bench/suite.py and the modules it uses `import run_bench`: let them have this module,
+    # not a second copy of it.
+    sys.modules.setdefault("run_bench", sys.modules[__name__])
     sys.exit(main())

@@ -58,6 +58,7 @@ import aio_pika
 import aiohttp
 import asyncpg
 import run_bench as rb
+from procstats import PeakRss
 
 from shared import broker
 from shared.config import Settings
@@ -332,6 +333,7 @@ class Meter:
             cores["irq"] = (os.cpu_count() or 1) * (ticks[5] + ticks[6]) / total
             cores["steal"] = (os.cpu_count() or 1) * ticks[7] / total
         result: dict[str, Any] = {k: round(v, 2) for k, v in cores.items()}
+        result["seconds"] = round(elapsed, 2)
         result["busiest_other_processes"] = [
             f"{n} {c}" for c, n in sorted(others, reverse=True)[:5]
         ]
@@ -868,6 +870,8 @@ class Bench:
             self.finish_profile(label, profiler)
         log = wait_attempts(settings, ids)
         drained = wait_queues(settings, dict.fromkeys(dispatcher_queues(settings), 0), limit=30)
+        # Started for this run: their peaks since they started are this run's.
+        peak = PeakRss({"webhook_dispatcher": self.replicas.pids()}).stop()
         self.replicas.stop()
         final = self.receiver.dump()
         published_ids = set(ids)
@@ -916,6 +920,7 @@ class Bench:
             "queues_drained_after_seconds": drained,
             "dispatcher_cores_per_replica": per_replica_cpu,
             "cpu_cores": cpu,
+            "peak_rss_mb": peak["mb"],
             "cpu_ms_per_delivery": {
                 g: round(1000 * cpu[g] / rate, 3) if rate else None
                 for g in ("dispatcher", "postgres", "rabbitmq", "receiver", "machine")
@@ -951,6 +956,7 @@ class Bench:
         warm = round(args.rate * args.latency_warmup)
         self.replicas.start(1)
         self.replicas.wait_ready()
+        rss = PeakRss({**self.system.trees(), "webhook_dispatcher": self.replicas.pids()})
         # The enrolment's events (2fa.enabled, ...) waited in the queues while no dispatcher ran:
         # the measurement starts once every consumer has caught up.
         drain = [AUDIT_QUEUE, NOTIFIER_QUEUE, *dispatcher_queues(self.settings)]
@@ -969,6 +975,7 @@ class Bench:
         def window_start() -> dict[str, Any]:
             nonlocal profiler
             profiler = self.profiler("latency")
+            rss.start()
             return meter.snapshot()
 
         async def run() -> tuple[list[dict[str, Any]], Any, list[dict[str, Any]]]:
@@ -995,6 +1002,7 @@ class Bench:
             time.sleep(0.1)
         self.finish_profile("latency", profiler)
         final = self.receiver.dump()
+        peak = rss.stop()
         self.replicas.stop()
         wall = time.time() - time.monotonic()  # the DB's timestamps are wall-clock
         since = datetime.fromtimestamp(wall + sends[warm]["sent"], UTC)
@@ -1011,6 +1019,7 @@ class Bench:
             "stages_ms": by_stage,
             "backlog": backlog_summary(backlog, sends[0]["sent"], sends[warm]["sent"]),
             "cpu_cores": cpu,
+            "peak_rss_mb": peak["mb"],
         }
 
 
@@ -1414,6 +1423,9 @@ def main() -> int:
         help="sample the first dispatcher replica with py-spy during the measured runs "
         "(their figures are then a little low)",
     )
+    parser.add_argument(
+        "--out", type=Path, help="write the JSON here (default bench/results/webhooks-<time>.json)"
+    )
     args = parser.parse_args()
     if args.serve_receiver:
         asyncio.run(serve_receiver(args.serve_receiver))
@@ -1580,9 +1592,10 @@ def main() -> int:
         **report,
         "profiles": bench.profiles,
     }
-    out = rb.RESULTS / f"webhooks-{stamp}.json"
+    out = args.out or rb.RESULTS / f"webhooks-{stamp}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    print(f"results written to {out.relative_to(rb.ROOT)}")
+    print(f"results written to {out}")
     return 0
 
 
