@@ -48,6 +48,15 @@ async def add_many(conn: asyncpg.Connection, events: list[Event]) -> None:
     await conn.executemany(INSERT_SQL, [(e.id, e.type.value, e.to_bytes()) for e in events])
 
 
+def _alive(conn: asyncpg.Connection) -> bool:
+    """Whether a held connection still works. When the server closes one, asyncpg hands it back
+    to its pool by itself, and every call on the proxy still held (`is_closed()` too) raises."""
+    try:
+        return not conn.is_closed()
+    except asyncpg.InterfaceError:
+        return False
+
+
 class Relay:
     """Publishes committed outbox rows to the broker, in order of commit, at least once."""
 
@@ -101,6 +110,10 @@ class Relay:
         try:
             while True:
                 self._wake.clear()
+                if listener is not None and not _alive(listener):
+                    # The database restarted between two rounds: LISTEN again, or no NOTIFY
+                    # would wake the relay and every event would wait for the next poll.
+                    listener = await self._listen()
                 try:
                     while await self.relay_once() == self._batch:
                         pass
@@ -113,7 +126,7 @@ class Relay:
                 except Exception as exc:  # broker or database down: keep the rows, retry later
                     log.warning("outbox relay failed; will retry", error=repr(exc))
                     backoff = min(backoff * 2, 10.0)
-                    if listener is None or listener.is_closed():
+                    if listener is None or not _alive(listener):
                         if listener is not None:
                             await self._pool.release(listener)
                         listener = await self._listen()
@@ -128,7 +141,7 @@ class Relay:
                         if self._gather:
                             await asyncio.sleep(self._gather)
         finally:
-            if listener is not None and not listener.is_closed():
+            if listener is not None and _alive(listener):
                 with contextlib.suppress(Exception):
                     await listener.remove_listener("outbox", self.wake)
                 await self._pool.release(listener)

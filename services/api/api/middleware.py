@@ -43,6 +43,9 @@ DEPENDENCY_ERRORS = (
     asyncpg.OperatorInterventionError,
     asyncpg.TooManyConnectionsError,
     asyncpg.InterfaceError,
+    # A pooled connection the server dropped while shutting down can fail its next query with
+    # "cannot switch to state ...; another operation is in progress" (seen in tests/reliability).
+    asyncpg.InternalClientError,
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
     ConnectionError,
