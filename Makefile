@@ -39,10 +39,13 @@ $(EXAMPLES_NODE)/node_modules: $(EXAMPLES_NODE)/package-lock.json
 
 ## make test: install and run the whole suite against the local PostgreSQL, Redis and RabbitMQ
 ## (tests/clients needs the guide's Node client and Debian's oathtool, tests/examples the Express of
-## examples/node: installed here if missing)
+## examples/node, tests/deploy Debian's docker-compose to check the compose files: installed here
+## if missing)
 test: install $(NODE)/node_modules $(EXAMPLES_NODE)/node_modules
 	@command -v oathtool >/dev/null || apt-get install -y -qq oathtool >/dev/null 2>&1 \
 		|| { apt-get update -qq && apt-get install -y -qq oathtool; }
+	@command -v docker-compose >/dev/null || apt-get install -y -qq docker-compose >/dev/null 2>&1 \
+		|| { apt-get update -qq && apt-get install -y -qq docker-compose; }
 	@$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 ## make test-reliability: every fault run of tests/reliability under load (RabbitMQ, PostgreSQL and
