@@ -309,9 +309,12 @@ class Consumer:
         self.handled += 1
 
     async def _dead_letter(self, inbox: Inbox, message: AbstractIncomingMessage, entry: list[Any]) -> None:
-        self._acks.settled(entry)
-        with contextlib.suppress(Exception):  # a closed channel: the broker redelivers it
-            await message.reject(requeue=False)  # the queue dead-letters it into <queue>.dlq
+        try:
+            with contextlib.suppress(Exception):  # a closed channel: the broker redelivers it
+                await message.reject(requeue=False)  # the queue dead-letters it into <queue>.dlq
+        finally:
+            # Only once the reject is sent: until then no `multiple` ack may cover its tag.
+            self._acks.settled(entry)
         metrics.MESSAGES_CONSUMED.labels(inbox.queue, "dead_lettered").inc()
 
     async def _retry(
