@@ -9,6 +9,7 @@ import time
 import asyncpg
 
 from shared.events import Event, EventType
+from shared.outbox import Relay
 
 from tests.api_client import login, new_account, register
 from tests.event_watch import watch_events
@@ -80,3 +81,26 @@ async def test_no_event_is_lost_when_the_broker_connection_is_killed_mid_run(app
             assert time.monotonic() - started < 60
     finally:
         await proxy.stop()
+
+
+async def test_a_relay_that_crashes_is_started_again(app_factory, settings, monkeypatch):
+    """A bug that escapes the relay's own error handling does not stop events for good: the
+    API runs the relay again (here its first LISTEN raises something nobody expected)."""
+    calls = 0
+    listen = Relay._listen
+
+    async def listen_failing_once(self):  # type: ignore[no-untyped-def]
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug nobody expected")
+        return await listen(self)
+
+    monkeypatch.setattr(Relay, "_listen", listen_failing_once)
+    client = await app_factory()
+    async with watch_events(settings) as watcher:
+        account = await new_account(client)
+        await watcher.wait_for(
+            lambda evs: any(e.type == EventType.USER_LOGIN and e.userId == account.id for e in evs)
+        )
+    assert calls >= 2

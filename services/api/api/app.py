@@ -108,8 +108,22 @@ async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+RESTART_SECONDS = 1.0
+
+
+async def _supervise(coro_factory, name: str) -> None:  # type: ignore[no-untyped-def]
+    """Run a background loop, and run it again should it ever end by an error it did not expect
+    (a relay that died would leave every event waiting while readiness still said 200)."""
+    while True:
+        try:
+            await coro_factory()
+        except Exception:
+            log.exception("background task crashed; restarting it", task=name)
+        await asyncio.sleep(RESTART_SECONDS)
+
+
 async def _run_forever(coro_factory, name: str) -> AsyncIterator[None]:  # type: ignore[no-untyped-def]
-    task = asyncio.create_task(coro_factory(), name=name)
+    task = asyncio.create_task(_supervise(coro_factory, name), name=name)
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
