@@ -153,6 +153,7 @@ class Consumer:
                 channel, inbox.queue, [*self.retry_delays, *inbox.delays]
             )
         self.health.register("broker", lambda: _ping_connection(connection))
+        self.health.register("consuming", self._check_consuming)
         await self._start_health_server()
         for inbox in (events, *wiring.inboxes):
             # A channel per inbox: its own prefetch window and its own delivery tags to ack.
@@ -201,6 +202,14 @@ class Consumer:
             message_id=message_id,
         )
         await self._publish_channel.default_exchange.publish(message, routing_key=target, timeout=10)
+
+    async def _check_consuming(self) -> None:
+        """Every queue this process subscribed to still has its subscription on the broker
+        (after a broker restart the robust channel must have subscribed it again)."""
+        for queue, tag in self._subscriptions:
+            channel = await queue.channel.get_underlay_channel()
+            if tag not in channel.consumers:
+                raise ConnectionError(f"not consuming from {queue.name}")
 
     async def _start_health_server(self) -> None:
         app = web.Application()

@@ -136,3 +136,24 @@ async def test_transient_failure_is_retried_through_the_delay_queue(settings):
         await consumer.stop()
     assert len(attempts) == 2
     assert attempts[1] - attempts[0] >= RETRY_DELAYS[0] * 0.9
+
+
+async def test_a_consumer_that_stops_consuming_is_not_ready(settings):
+    # The broker connection is fine, but the subscription is gone (as when a reconnect failed
+    # to subscribe again): readiness must say so, or nothing would restart the process.
+    consumer = audit.main.build(settings, health_port=0)
+    await consumer.start()
+    try:
+        ready = f"http://127.0.0.1:{consumer.bound_port}/health/ready"
+        async with aiohttp.ClientSession() as http:
+            async with http.get(ready) as r:
+                assert r.status == 200, await r.text()
+            queue, tag = consumer._subscriptions[0]
+            await queue.cancel(tag)
+            async with http.get(ready) as r:
+                assert r.status == 503, await r.text()
+                body = await r.json()
+        assert body["data"]["checks"]["consuming"]["status"] == "down"
+        assert body["data"]["checks"]["broker"]["status"] == "up"
+    finally:
+        await consumer.stop()
