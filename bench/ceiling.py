@@ -39,8 +39,6 @@ import asyncio
 import base64
 import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -57,10 +55,11 @@ from peers import (
     database_url,
     ensure_port_free,
     process_tree,
+    start_server,
     stop_process,
-    wait_answering,
 )
 
+from api.__main__ import serve_workers
 from shared import db
 from shared.cache import Cache, create_cache
 from shared.config import Settings
@@ -141,35 +140,9 @@ def serve(port: int, workers: int) -> int:
     if workers == 1:
         web.run_app(create_app(config), host=HOST, port=port, **run)  # type: ignore[arg-type]
         return 0
-    sock = socket.create_server((HOST, port), backlog=1024, reuse_port=False)
-    children = []
-    for _ in range(workers):
-        pid = os.fork()
-        if pid == 0:
-            os.setpgid(0, 0)  # the parent alone gets a terminal's Ctrl-C and stops each worker
-            try:
-                web.run_app(create_app(config), sock=sock, **run)  # type: ignore[arg-type]
-            finally:
-                os._exit(0)
-        children.append(pid)
-    sock.close()
-
-    def stop(signum: int, _: object) -> None:
-        for child in children:
-            try:
-                os.kill(child, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    status = 0
-    for _ in children:
-        _, code = os.wait()
-        if code and not status:
-            status = 1
-            stop(signal.SIGTERM, None)
-    return status
+    return serve_workers(
+        HOST, port, workers, lambda sock: web.run_app(create_app(config), sock=sock, **run)  # type: ignore[arg-type]
+    )
 
 
 # --------------------------------------------------------------------------- for run_bench.py
@@ -203,22 +176,10 @@ class Ceiling:
     def start(self, port: int, workers: int = 1, log: Path | None = None) -> None:
         """Serve on HOST:`port` in a process of its own; returns once it answers."""
         ensure_port_free(port)
-        log = log or RUNTIME / "ceiling.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, __file__, "serve", "--port", str(port), "--workers", str(workers)]
-        with open(log, "ab") as out:
-            self.proc = subprocess.Popen(
-                cmd,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        try:
-            wait_answering(f"http://{HOST}:{port}{LIVE_PATH}", self.proc, log)
-        except BaseException:
-            self.stop()
-            raise
+        self.proc = start_server(
+            cmd, log or RUNTIME / "ceiling.log", f"http://{HOST}:{port}{LIVE_PATH}"
+        )
 
     def pids(self) -> list[int]:
         return process_tree(self.proc.pid) if self.proc and self.proc.poll() is None else []

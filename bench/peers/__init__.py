@@ -17,6 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from shared import db
 from shared.config import Settings
@@ -81,6 +82,25 @@ def wait_answering(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: 
         if time.monotonic() > deadline:
             raise RuntimeError(f"{url} not answering after {timeout:.0f} s:\n{log_tail(log)}")
         time.sleep(0.3)
+
+
+def start_server(
+    cmd: list[Any], log: Path, ready_url: str, *, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start a server in a session of its own, output appended to `log`; return once
+    `ready_url` answers 200 (the process is stopped again if it never does)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+    try:
+        wait_answering(ready_url, proc, log)
+    except BaseException:
+        stop_process(proc)
+        raise
+    return proc
 
 
 def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 20) -> None:

@@ -68,8 +68,8 @@ from peers import (
     database_url,
     ensure_port_free,
     process_tree,
+    start_server,
     stop_process,
-    wait_answering,
 )
 from shared import db
 
@@ -236,7 +236,6 @@ class PrivacyIdea:
         `threads` > 1); returns once privacyIDEA answers its liveness check."""
         ensure_port_free(port)
         log = log or self.workdir / "gunicorn.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
         app = (
             f'privacyidea.app:create_app(config_name="production", '
             f'config_file="{self.config}", silent=True)'
@@ -251,21 +250,9 @@ class PrivacyIdea:
             "--log-level", "warning",
             app,
         ]  # fmt: skip
-        with open(log, "ab") as out:
-            self.proc = subprocess.Popen(
-                cmd,
-                cwd=self.workdir,
-                env=self.env(),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        try:
-            wait_answering(f"http://{HOST}:{port}/healthz/livez", self.proc, log)
-        except BaseException:
-            self.stop()
-            raise
+        self.proc = start_server(
+            cmd, log, f"http://{HOST}:{port}/healthz/livez", cwd=self.workdir, env=self.env()
+        )
 
     def pids(self) -> list[int]:
         return process_tree(self.proc.pid) if self.proc and self.proc.poll() is None else []

@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 
 import uvloop
 from aiohttp import web
@@ -31,17 +32,19 @@ def serve(settings: Settings, sock: socket.socket | None = None) -> None:
     )
 
 
-def serve_workers(settings: Settings) -> int:
-    sock = socket.create_server((settings.HOST, settings.PORT), backlog=1024, reuse_port=False)
+def serve_workers(host: str, port: int, workers: int, serve_on: Callable[[socket.socket], None]) -> int:
+    """Open the listening socket once, fork `workers` processes that each run `serve_on(sock)`,
+    and wait for them (also the worker model of bench/ceiling.py, so the two compare fairly)."""
+    sock = socket.create_server((host, port), backlog=1024, reuse_port=False)
     children = []
-    for _ in range(settings.API_WORKERS):
+    for _ in range(workers):
         pid = os.fork()
         if pid == 0:  # worker: run the app on the shared socket, never return to the loop below
             # Own process group: a terminal's Ctrl-C reaches only the parent, which stops each
             # worker once (a second signal during aiohttp's shutdown can leave it hanging).
             os.setpgid(0, 0)
             try:
-                serve(settings, sock)
+                serve_on(sock)
             finally:
                 os._exit(0)
         children.append(pid)
@@ -75,7 +78,8 @@ def main() -> None:
     settings = load_settings()
     configure_logging(settings, "api")
     if settings.API_WORKERS > 1:
-        sys.exit(serve_workers(settings))
+        workers = settings.API_WORKERS
+        sys.exit(serve_workers(settings.HOST, settings.PORT, workers, lambda sock: serve(settings, sock)))
     serve(settings)
 
 
