@@ -1133,6 +1133,13 @@ def main() -> int:
         help="API_WORKERS of the API, and processes of the ceiling (default 1)",
     )
     parser.add_argument(
+        "--db-pool-max",
+        type=int,
+        default=64,
+        help="DB_POOL_MAX of the services and the ceiling (default 64: as many as the verify "
+        "scenarios' connections, so no request waits for a database connection)",
+    )
+    parser.add_argument(
         "--pi-wrong-users",
         type=int,
         default=300,
@@ -1227,6 +1234,7 @@ def main() -> int:
     )
     env = service_env()
     env["API_WORKERS"] = str(args.api_workers)
+    env["DB_POOL_MAX"] = str(args.db_pool_max)
     settings = settings_of(env)
     configure_logging(settings, "bench")  # WARNING: no per-migration lines
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")

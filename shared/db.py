@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any, NamedTuple, TypeAlias
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -34,6 +35,18 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 """
 APPLIED_SQL = "SELECT version FROM schema_migrations"
 RECORD_SQL = "INSERT INTO schema_migrations (version) VALUES ($1)"
+
+# Where a single statement runs: a held connection (inside a transaction), or the pool, which
+# lends a connection for just that statement, so a request does not hold one while it waits
+# on Redis or computes.
+Queries: TypeAlias = "asyncpg.Pool | asyncpg.Connection"
+
+
+class Statement(NamedTuple):
+    """A statement and its arguments, for a caller to run (or compose, as `outbox.add_if` does)."""
+
+    sql: str
+    args: tuple[Any, ...]
 
 
 def _jsonb_encode(value: object) -> bytes:

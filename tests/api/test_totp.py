@@ -13,6 +13,7 @@ import pyotp
 import pytest
 
 from shared.crypto import DecryptionFailed, SecretBox
+from shared.events import Event
 
 from api.domain import totp
 
@@ -178,8 +179,9 @@ async def test_api_key_verifies_its_end_users_codes(client, settings):
     assert failed.actor.kind == "apiKey"
 
 
-async def test_a_code_is_accepted_once_even_under_20_concurrent_requests(app_factory):
-    """Two API replicas sharing Redis and PostgreSQL; 20 identical requests: exactly one 200."""
+async def test_a_code_is_accepted_once_even_under_20_concurrent_requests(app_factory, settings):
+    """Two API replicas sharing Redis and PostgreSQL; 20 identical requests: exactly one 200,
+    and exactly one `2fa.verified` event (the code's use and its event are one statement)."""
     shared_redis = f"{BASE_SETTINGS['REDIS_KEY_PREFIX']}replicas-{random_user_id()}:"
     first = await app_factory(REDIS_KEY_PREFIX=shared_redis)
     second = await app_factory(REDIS_KEY_PREFIX=shared_redis)
@@ -195,6 +197,13 @@ async def test_a_code_is_accepted_once_even_under_20_concurrent_requests(app_fac
     statuses = sorted(r.status for r in responses)
     assert statuses.count(200) == 1, statuses
     assert set(statuses) <= {200, 401, 429}
+    conn = await asyncpg.connect(settings.DATABASE_URL)
+    try:
+        bodies = await conn.fetch("SELECT body FROM outbox WHERE type = '2fa.verified'")
+    finally:
+        await conn.close()
+    verified = [e for e in (Event.from_bytes(r["body"]) for r in bodies) if e.data["userId"] == user_id]
+    assert len(verified) == 1, verified
 
 
 async def test_five_failures_lock_the_user_whatever_is_sent(client):

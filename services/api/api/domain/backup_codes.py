@@ -11,6 +11,7 @@ import secrets
 import asyncpg
 
 from shared.crypto import SecretBox
+from shared.db import Statement
 
 from api.domain.end_users import EndUser
 
@@ -50,10 +51,9 @@ async def regenerate(conn: asyncpg.Connection, box: SecretBox, user: EndUser) ->
     return codes
 
 
-async def consume(conn: asyncpg.Connection, box: SecretBox, user: EndUser, code: str) -> bool:
-    """Use a code once; False when it is unknown or already used (atomic under races)."""
-    digest = box.keyed_hash(normalise(code))
-    return await conn.fetchval(CONSUME_SQL, user.owner_id, user.id, digest) is not None
+def consume(box: SecretBox, user: EndUser, code: str) -> Statement:
+    """Uses a code once; returns no row when it is unknown or already used (atomic under races)."""
+    return Statement(CONSUME_SQL, (user.owner_id, user.id, box.keyed_hash(normalise(code))))
 
 
 async def delete_all(conn: asyncpg.Connection, user: EndUser) -> None:

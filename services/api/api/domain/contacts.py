@@ -13,6 +13,7 @@ import asyncpg
 import phonenumbers
 
 from shared.crypto import SecretBox
+from shared.db import Statement
 from shared.errors import ValidationFailed
 
 from api.domain.end_users import EndUser
@@ -118,9 +119,10 @@ async def enable(conn: asyncpg.Connection, user: EndUser, kind: Kind) -> bool:
     return await conn.fetchval(ENABLE_SQL, user.owner_id, user.id, kind) is not None
 
 
-async def mark_used(conn: asyncpg.Connection, user: EndUser, kind: Kind) -> bool:
-    """Note the use; False when the method is no longer enabled (its code must not count)."""
-    return await conn.fetchval(USED_SQL, user.owner_id, user.id, kind) is not None
+def mark_used(user: EndUser, kind: Kind) -> Statement:
+    """Notes the use; returns no row when the method is no longer enabled (its code must not
+    count)."""
+    return Statement(USED_SQL, (user.owner_id, user.id, kind))
 
 
 async def delete(conn: asyncpg.Connection, user: EndUser, kind: Kind) -> bool:

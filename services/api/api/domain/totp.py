@@ -19,6 +19,7 @@ import pyotp
 import segno
 
 from shared.crypto import SecretBox
+from shared.db import Queries, Statement
 from shared.errors import Conflict
 
 from api.domain.end_users import EndUser
@@ -142,11 +143,11 @@ async def load(conn: asyncpg.Connection, box: SecretBox, user: EndUser) -> Facto
 
 
 async def load_with_user(
-    conn: asyncpg.Connection, box: SecretBox, owner_id: uuid.UUID, external_id: str
+    db: Queries, box: SecretBox, owner_id: uuid.UUID, external_id: str
 ) -> tuple[EndUser | None, Factor | None, list[str]]:
     """The owner's end user, its TOTP factor and its enabled SMS/email methods (first enabled
     first), in one round trip: the verify hot path."""
-    row = await conn.fetchrow(GET_WITH_USER_SQL, owner_id, external_id)
+    row = await db.fetchrow(GET_WITH_USER_SQL, owner_id, external_id)
     if row is None:
         return None, None, []
     user = EndUser(row["id"], owner_id, row["external_id"], row["device_generation"])
@@ -161,9 +162,9 @@ async def enable(conn: asyncpg.Connection, user: EndUser, step: int) -> bool:
     return await conn.fetchval(ENABLE_SQL, user.owner_id, user.id, step) is not None
 
 
-async def consume_step(conn: asyncpg.Connection, user: EndUser, step: int) -> bool:
-    """Record `step` as used; False when it (or a later one) was already accepted."""
-    return await conn.fetchval(CONSUME_STEP_SQL, user.owner_id, user.id, step) is not None
+def consume_step(user: EndUser, step: int) -> Statement:
+    """Records `step` as used; returns no row when it (or a later one) was already accepted."""
+    return Statement(CONSUME_STEP_SQL, (user.owner_id, user.id, step))
 
 
 async def delete(conn: asyncpg.Connection, user: EndUser) -> bool:

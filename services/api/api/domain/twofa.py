@@ -21,6 +21,7 @@ from shared import notifications, outbox
 from shared.cache import Cache
 from shared.config import Settings
 from shared.crypto import SecretBox
+from shared.db import Queries, Statement
 from shared.errors import AppError, Conflict, NotFound, RateLimited, Unauthorized, ValidationFailed
 from shared.events import (
     Event,
@@ -153,31 +154,23 @@ async def verify_setup(
     return {"enabled": True, "method": "totp", "backupCodes": codes}
 
 
-async def _used(conn: asyncpg.Connection, user: EndUser, kind: Kind) -> bool:
-    """The SMS/email code was consumed in Redis already; it counts only while the method is
-    still enabled (a code sent before the method was turned off does not)."""
-    return await contacts.mark_used(conn, user, kind)
-
-
-async def _accept(
-    conn: asyncpg.Connection, ctx: Context, user: EndUser, method: str, consume: Awaitable[bool]
-) -> bool:
-    """Consume the step or backup code and record `2fa.verified` in one transaction."""
-    async with conn.transaction():
-        if not await consume:
-            return False
-        data = TwoFactorData(userId=user.external_id, method=method)  # type: ignore[arg-type]
-        await outbox.add(conn, ctx.event(EventType.TWOFA_VERIFIED, data, user.external_id))
-    return True
+async def _accept(db: Queries, ctx: Context, user: EndUser, method: str, consume: Statement) -> bool:
+    """Consume the step or code and record `2fa.verified`, atomically (one statement); False
+    when `consume` found it used already (or, for SMS/email, the method no longer enabled: a
+    code sent before it was turned off does not count)."""
+    data = TwoFactorData(userId=user.external_id, method=method)  # type: ignore[arg-type]
+    return await outbox.add_if(db, consume, ctx.event(EventType.TWOFA_VERIFIED, data, user.external_id))
 
 
 async def verify(
-    conn: asyncpg.Connection, deps: Deps, ctx: Context, external_id: str, code: str
+    db: Queries, deps: Deps, ctx: Context, external_id: str, code: str
 ) -> tuple[str, EndUser]:
     """Check a code for a user with 2FA on; returns the method that accepted it and the user,
-    or raises 401 `INVALID_CODE` (after recording `2fa.failed`) or 429 when locked."""
+    or raises 401 `INVALID_CODE` (after recording `2fa.failed`) or 429 when locked.
+
+    `db` is best the pool: each statement then borrows a connection only while it runs."""
     check_code_format(code)
-    user, factor, contact_kinds = await totp.load_with_user(conn, deps.box, ctx.owner_id, external_id)
+    user, factor, contact_kinds = await totp.load_with_user(db, deps.box, ctx.owner_id, external_id)
     totp_on = factor is not None and factor.enabled
     if user is None or not (totp_on or contact_kinds):
         raise ValidationFailed("Two-factor authentication is not enabled for this user", code="TWO_FACTOR_NOT_ENABLED")
@@ -194,7 +187,7 @@ async def verify(
         assert factor is not None
         step = totp.matching_step(factor.secret, code)
         if step is not None:
-            accepted = await _accept(conn, ctx, user, method, totp.consume_step(conn, user, step))
+            accepted = await _accept(db, ctx, user, method, totp.consume_step(user, step))
             if not accepted:
                 reason, message = "replayed", "This code was already used; wait for the next one"
         elif (skew := totp.clock_skew_steps(factor.secret, code)) is not None:
@@ -208,12 +201,12 @@ async def verify(
                 continue
             method = kind
             if checked.status == "right":
-                accepted = await _accept(conn, ctx, user, kind, _used(conn, user, kind))
+                accepted = await _accept(db, ctx, user, kind, contacts.mark_used(user, kind))
                 break
             if checked.status == "exhausted":
                 reason, message = "expired", "This code has had too many wrong tries; ask for a new one"
     elif not is_six_digits:
-        accepted = await _accept(conn, ctx, user, method, backup_codes.consume(conn, deps.box, user, code))
+        accepted = await _accept(db, ctx, user, method, backup_codes.consume(deps.box, user, code))
     if accepted:
         await lockout.succeeded(deps.cache, attempt)
         return method, user
@@ -227,7 +220,7 @@ async def verify(
             userId=user.external_id, scope="2fa", lockedSeconds=deps.settings.TWOFA_LOCKOUT_SECONDS
         )
         events.append(ctx.event(EventType.LOCKOUT, locked, user.external_id))
-    await outbox.add_many(conn, events)
+    await outbox.add_many(db, events)
     raise Unauthorized(message, code="INVALID_CODE", details={**details, "attemptsRemaining": left})
 
 

@@ -134,8 +134,7 @@ async def verify(request: web.Request) -> web.Response:
     request[PRINCIPAL] = await authenticate(request, TEMP_TOKEN_OR_KEY)
     external_id = subject_of(request, body.userId)
     ctx = context_of(request)
-    async with request.app[POOL].acquire() as conn:
-        method, _ = await twofa.verify(conn, request.app[TWOFA], ctx, external_id, body.code)
+    method, _ = await twofa.verify(request.app[POOL], request.app[TWOFA], ctx, external_id, body.code)
     return ok({"verified": True, "method": method, "userId": external_id})
 
 
@@ -151,11 +150,11 @@ async def _complete_login(request: web.Request, body: VerifyBody) -> web.Respons
         raise Unauthorized("This login step was already completed; log in again", code="TOKEN_USED")
     origin = origin_of(request)
     ctx = Context.for_account(account_id, origin)
+    method, user = await twofa.verify(request.app[POOL], request.app[TWOFA], ctx, str(account_id), body.code)
+    # One completion per temp token, also when two right codes race.
+    if not await cache.client.set(used_key, 1, nx=True, ex=tokens.TEMP_TTL_SECONDS + 60):
+        raise Unauthorized("This login step was already completed; log in again", code="TOKEN_USED")
     async with request.app[POOL].acquire() as conn:
-        method, user = await twofa.verify(conn, request.app[TWOFA], ctx, str(account_id), body.code)
-        # One completion per temp token, also when two right codes race.
-        if not await cache.client.set(used_key, 1, nx=True, ex=tokens.TEMP_TTL_SECONDS + 60):
-            raise Unauthorized("This login step was already completed; log in again", code="TOKEN_USED")
         account = await accounts.load(conn, account_id)
         result = await accounts.issue_session(conn, account, settings, origin, method="2fa", two_factor_method=method)
     if body.rememberDevice:
