@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     HTTP_KEEPALIVE_SECONDS: float = Field(default=75.0, gt=0)
     # A request body not fully received this long after its headers: 408, then the connection ends.
     HTTP_BODY_TIMEOUT_SECONDS: float = Field(default=30.0, gt=0)
+    # A request not answered this long after it arrived (a stalled Redis or database, bcrypt
+    # queued behind a login storm): 503 with Retry-After. A streamed export is bounded only
+    # until its first byte.
+    REQUEST_TIMEOUT_SECONDS: float = Field(default=30.0, gt=0, le=600)
     TRUST_PROXY_HEADERS: bool = False
 
     # Accounts

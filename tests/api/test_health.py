@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
+from tests.api_client import create_key, new_account
+from tests.fakes.tcp_proxy import TcpProxy
+
 
 async def test_health_reports_the_guides_shape(client):
     r = await client.get("/api/health")
@@ -43,3 +48,28 @@ async def test_a_request_needing_redis_gets_503_not_500_when_it_is_down(app_fact
     assert r.status == 503, await r.text()
     assert (await r.json())["error"]["code"] == "SERVICE_UNAVAILABLE"
     assert "Retry-After" in r.headers
+
+
+async def test_a_stalled_redis_gets_503_at_the_request_deadline_and_service_resumes(app_factory):
+    """Redis accepts and never answers (no per-command timeout in the client): the request
+    deadline answers 503 instead of hanging, and once Redis answers again so does the API."""
+    proxy = await TcpProxy("127.0.0.1", 6379).start()
+    try:
+        client = await app_factory(REDIS_PORT=proxy.port, REQUEST_TIMEOUT_SECONDS=1)
+        account = await new_account(client)
+        key = {"X-API-Key": (await create_key(client, account))["apiKey"]}
+        status = {"userId": "someone"}
+        assert (await client.get("/api/2fa/status", headers=key, params=status)).status == 200
+        proxy.stall()
+        started = time.monotonic()
+        r = await client.get("/api/2fa/status", headers=key, params=status)  # the key's rate limit
+        waited = time.monotonic() - started
+        assert r.status == 503, await r.text()
+        assert (await r.json())["error"]["code"] == "SERVICE_UNAVAILABLE"
+        assert r.headers["Retry-After"] == "5"
+        assert 0.9 < waited < 3, waited
+        proxy.resume()
+        r = await client.get("/api/2fa/status", headers=key, params=status)
+        assert r.status == 200, await r.text()
+    finally:
+        await proxy.stop()

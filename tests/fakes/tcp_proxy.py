@@ -1,5 +1,6 @@
 """A TCP proxy in front of a real server, so a test can cut its connections (a broker outage as
-the client sees it) without touching the shared server other test runs are using."""
+the client sees it) or stall them (a server that accepts and never answers) without touching
+the shared server other test runs are using."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ class TcpProxy:
         self.up = True
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
     async def start(self) -> TcpProxy:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -39,6 +42,13 @@ class TcpProxy:
         await asyncio.sleep(seconds)
         self.up = True
 
+    def stall(self) -> None:
+        """Hold everything sent either way (connections stay open) until `resume`."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if not self.up:
             writer.transport.abort()
@@ -54,6 +64,7 @@ class TcpProxy:
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while data := await reader.read(65536):
+                await self._flowing.wait()
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, OSError):

@@ -28,12 +28,14 @@ from shared.outbox import Relay
 
 from api import openapi
 from api.auth import auth_middleware
+from api.deadlines import Deadlines
 from api.domain import api_keys, rate_limit, twofa
 from api.domain.accounts import make_offload
 from api.keys import (
     ACCESS,
     CACHE,
     CPU_POOL,
+    DEADLINES,
     DUMMY_HASH,
     HEALTH,
     KNOWN_KEYS,
@@ -183,6 +185,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[HEALTH] = Health(component="api", memory_limit_mb=settings.HEALTH_MEMORY_LIMIT_MB)
     app[ACCESS] = {}
+    app[DEADLINES] = Deadlines(settings.REQUEST_TIMEOUT_SECONDS)
     app[KNOWN_KEYS] = api_keys.KnownKeys(settings.API_KEY_CACHE_SECONDS)
     routes = register(app)
     app[OPENAPI] = openapi.build(routes)

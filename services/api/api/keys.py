@@ -16,6 +16,7 @@ from shared.crypto import SecretBox
 from shared.health import Health
 from shared.outbox import Relay
 
+from api.deadlines import Deadlines
 from api.domain import api_keys, twofa
 from api.principal import Principal
 
@@ -31,6 +32,7 @@ OFFLOAD = web.AppKey("offload", Callable[..., Awaitable[Any]])
 DUMMY_HASH = web.AppKey("dummy_hash", bytes)
 # route -> Access (declared in routes.py, enforced by auth.auth_middleware)
 ACCESS = web.AppKey("access", dict)
+DEADLINES = web.AppKey("deadlines", Deadlines)
 OPENAPI = web.AppKey("openapi", dict)
 TWOFA = web.AppKey("twofa", twofa.Deps)
 # Encrypts what must be read back (TOTP secrets, webhook signing secrets); from ENCRYPTION_KEY.
@@ -41,3 +43,4 @@ KNOWN_KEYS = web.AppKey("known_keys", api_keys.KnownKeys)
 PRINCIPAL = web.RequestKey("principal", Principal)
 RATE_HEADERS = web.RequestKey("rate_headers", dict)
 REQUEST_ID = web.RequestKey("request_id", str)
+

@@ -31,7 +31,7 @@ from shared.errors import (
 
 from api.domain import access
 from api.domain.access import ForeignResource
-from api.keys import POOL, PRINCIPAL, RATE_HEADERS, REQUEST_ID, SETTINGS
+from api.keys import DEADLINES, POOL, PRINCIPAL, RATE_HEADERS, REQUEST_ID, SETTINGS
 from api.views.common import context_of
 
 log = structlog.get_logger("api.request")
@@ -95,12 +95,13 @@ async def core_middleware(request: web.Request, handler: Handler) -> web.StreamR
     structlog.contextvars.bind_contextvars(service="api", request_id=request_id)
     started = time.perf_counter()
     error_code = None
+    settings = request.app[SETTINGS]
     try:
-        limit = request.app[SETTINGS].MAX_BODY_BYTES
         # Refused before auth runs, and also where the handler would never read the body.
-        if request.content_length is not None and request.content_length > limit:
-            raise PayloadTooLarge(details={"maxBytes": limit})
-        response = await handler(request)
+        if request.content_length is not None and request.content_length > settings.MAX_BODY_BYTES:
+            raise PayloadTooLarge(details={"maxBytes": settings.MAX_BODY_BYTES})
+        # One deadline for the whole request (a TimeoutError: 503 below), not one per command.
+        response = await request.app[DEADLINES].run(handler(request))
     except AppError as exc:
         if isinstance(exc, ForeignResource):
             await _record_denial(request, exc)

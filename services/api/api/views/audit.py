@@ -14,7 +14,7 @@ from shared.envelope import dumps, ok, page
 from shared.errors import ValidationFailed
 
 from api.domain import audit
-from api.keys import POOL
+from api.keys import DEADLINES, POOL
 from api.parsing import parse_query
 from api.schemas import AuditExportQuery, AuditFilterQuery, AuditQuery
 from api.views.common import context_of
@@ -79,6 +79,7 @@ async def export(request: web.Request) -> web.StreamResponse:
     async with request.app[POOL].acquire() as conn:
         await audit.check_user(conn, ctx, filters.user_id)
         await response.prepare(request)
+        request.app[DEADLINES].lift()  # streaming: as long as the export takes
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             buffer = io.StringIO()
             writer = csv.writer(buffer)

@@ -1,0 +1,59 @@
+"""The request deadline: one sweeping timer for every request instead of one timer each."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from api.deadlines import Deadlines
+
+
+async def test_an_answer_in_time_is_returned():
+    deadlines = Deadlines(1.0)
+    assert await deadlines.run(asyncio.sleep(0.01, result="answer")) == "answer"
+
+
+async def test_a_request_past_its_deadline_gets_timeout_error_within_a_tick():
+    deadlines = Deadlines(0.4, tick=0.1)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await deadlines.run(asyncio.sleep(30))
+    assert 0.4 <= time.monotonic() - started < 0.7
+    # The task is usable afterwards: the cancellation was taken back.
+    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+    assert await deadlines.run(asyncio.sleep(0, result=1)) == 1
+
+
+async def test_many_requests_each_keep_their_own_deadline():
+    deadlines = Deadlines(0.3, tick=0.05)
+
+    async def request(seconds: float) -> str:
+        try:
+            return await deadlines.run(asyncio.sleep(seconds, result="ok"))
+        except TimeoutError:
+            return "timeout"
+
+    results = await asyncio.gather(*(request(0.05 if i % 2 else 5) for i in range(20)))
+    assert results == ["timeout", "ok"] * 10
+
+
+async def test_a_cancellation_from_elsewhere_stays_a_cancellation():
+    deadlines = Deadlines(10.0)
+    task = asyncio.create_task(deadlines.run(asyncio.sleep(30)))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_a_lifted_deadline_lets_a_long_stream_finish():
+    deadlines = Deadlines(0.2, tick=0.05)
+
+    async def export() -> str:
+        deadlines.lift()
+        await asyncio.sleep(0.4)
+        return "all rows"
+
+    assert await deadlines.run(export()) == "all rows"
