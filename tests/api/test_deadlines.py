@@ -57,3 +57,17 @@ async def test_a_lifted_deadline_lets_a_long_stream_finish():
         return "all rows"
 
     assert await deadlines.run(export()) == "all rows"
+
+
+async def test_a_handler_that_swallows_the_cancellation_leaves_the_task_clean():
+    deadlines = Deadlines(0.2, tick=0.05)
+
+    async def stubborn() -> str:
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            return "swallowed"
+        return "slept"
+
+    assert await deadlines.run(stubborn()) == "swallowed"
+    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]

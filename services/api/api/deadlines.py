@@ -36,13 +36,16 @@ class Deadlines:
         try:
             return await awaitable
         except asyncio.CancelledError:
-            if task not in self._expired:
-                raise  # cancelled by someone else (the client went away, shutdown)
-            task.uncancel()
-            raise TimeoutError(f"no answer within the request deadline ({self.seconds:g} s)") from None
+            # Ours alone: a deadline. Someone else's too (the client went away, shutdown), or
+            # only theirs: it stays a cancellation, as with asyncio.timeout.
+            if task in self._expired and task.cancelling() == 1:
+                raise TimeoutError(f"no answer within the request deadline ({self.seconds:g} s)") from None
+            raise
         finally:
             self._due.pop(task, None)
-            self._expired.discard(task)
+            if task in self._expired:  # take our cancellation back, also if it was swallowed
+                self._expired.discard(task)
+                task.uncancel()
 
     def lift(self) -> None:
         """No deadline for the rest of the current task's request (a streamed export)."""

@@ -43,4 +43,3 @@ KNOWN_KEYS = web.AppKey("known_keys", api_keys.KnownKeys)
 PRINCIPAL = web.RequestKey("principal", Principal)
 RATE_HEADERS = web.RequestKey("rate_headers", dict)
 REQUEST_ID = web.RequestKey("request_id", str)
-
