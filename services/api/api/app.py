@@ -185,7 +185,8 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[HEALTH] = Health(component="api", memory_limit_mb=settings.HEALTH_MEMORY_LIMIT_MB)
     app[ACCESS] = {}
-    app[DEADLINES] = Deadlines(settings.REQUEST_TIMEOUT_SECONDS)
+    shortest = min(settings.REQUEST_TIMEOUT_SECONDS, settings.HTTP_BODY_TIMEOUT_SECONDS)
+    app[DEADLINES] = Deadlines(tick=min(1.0, shortest / 4))
     app[KNOWN_KEYS] = api_keys.KnownKeys(settings.API_KEY_CACHE_SECONDS)
     routes = register(app)
     app[OPENAPI] = openapi.build(routes)

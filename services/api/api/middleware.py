@@ -101,7 +101,7 @@ async def core_middleware(request: web.Request, handler: Handler) -> web.StreamR
         if request.content_length is not None and request.content_length > settings.MAX_BODY_BYTES:
             raise PayloadTooLarge(details={"maxBytes": settings.MAX_BODY_BYTES})
         # One deadline for the whole request (a TimeoutError: 503 below), not one per command.
-        response = await request.app[DEADLINES].run(handler(request))
+        response = await request.app[DEADLINES].run(handler(request), settings.REQUEST_TIMEOUT_SECONDS)
     except AppError as exc:
         if isinstance(exc, ForeignResource):
             await _record_denial(request, exc)

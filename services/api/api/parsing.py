@@ -3,7 +3,6 @@ bad field. Nothing malformed gets past here as an exception other than `AppError
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any, TypeVar
 
@@ -12,7 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 from shared.errors import RequestTimeout, UnsupportedMediaType, ValidationFailed
 
-from api.keys import SETTINGS
+from api.keys import DEADLINES, SETTINGS
 
 M = TypeVar("M", bound=BaseModel)
 # fetch() without a Content-Type sends text/plain; accept it rather than punish the guide's users.
@@ -73,8 +72,7 @@ async def read_json(request: web.Request) -> Any:
     # A body trickled in byte by byte (slowloris) would hold this handler and its connection
     # open for as long as the client likes; aiohttp itself sets no limit once the headers are in.
     try:
-        async with asyncio.timeout(request.app[SETTINGS].HTTP_BODY_TIMEOUT_SECONDS):
-            raw = await request.read()
+        raw = await request.app[DEADLINES].run(request.read(), request.app[SETTINGS].HTTP_BODY_TIMEOUT_SECONDS)
     except TimeoutError:
         raise RequestTimeout() from None
     if not raw.strip():
