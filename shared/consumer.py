@@ -269,15 +269,8 @@ class Consumer:
             _delivery.set(Delivery(attempt, final=attempt > len(self.retry_delays)))
             try:
                 await inbox.handle(item)  # type: ignore[operator]
-            except Permanent as exc:
-                log.error("permanent failure; message sent to DLQ", error=str(exc))
-                await self._dead_letter(inbox, message, entry)
-                return
             except Exception as exc:
-                # Transient, or an unknown failure: retried rather than lost.
-                if not isinstance(exc, Transient):
-                    log.exception("handler failed")
-                await self._retry(inbox, message, entry, exc)
+                await self._failed(inbox, [(message, entry)], exc)
                 return
             self._acked(inbox, entry)
         finally:
@@ -298,19 +291,27 @@ class Consumer:
         if decoded:
             try:
                 await batched.handle([item for _, _, item in decoded])
-            except Permanent as exc:
-                log.error("permanent failure; batch sent to DLQ", error=str(exc), size=len(decoded))
-                for message, entry, _ in decoded:
-                    await self._dead_letter(inbox, message, entry)
             except Exception as exc:
-                if not isinstance(exc, Transient):
-                    log.exception("batch handler failed", size=len(decoded))
-                for message, entry, _ in decoded:
-                    await self._retry(inbox, message, entry, exc)
+                await self._failed(inbox, [(message, entry) for message, entry, _ in decoded], exc)
             else:
                 for _, entry, _ in decoded:
                     self._acked(inbox, entry)
         return [None] * len(received)
+
+    async def _failed(
+        self, inbox: Inbox, received: list[tuple[AbstractIncomingMessage, list[Any]]], exc: Exception
+    ) -> None:
+        """The handler failed on these messages (one, or a batch): Permanent sends them to the
+        DLQ; Transient, or an unknown failure, retries them rather than lose them."""
+        if isinstance(exc, Permanent):
+            log.error("permanent failure; sent to DLQ", error=str(exc), size=len(received))
+            for message, entry in received:
+                await self._dead_letter(inbox, message, entry)
+            return
+        if not isinstance(exc, Transient):
+            log.exception("handler failed", size=len(received))
+        for message, entry in received:
+            await self._retry(inbox, message, entry, exc)
 
     def _acked(self, inbox: Inbox, entry: list[Any]) -> None:
         self._acks.finished(entry)

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 
 import asyncpg
 import structlog
 
 from shared import metrics
-from shared.db import Queries, Statement
 from shared.broker import Publisher
+from shared.db import Queries, Statement
 from shared.events import Event
 
 log = structlog.get_logger(__name__)
@@ -46,18 +47,17 @@ async def add_if(db: Queries, change: Statement, event: Event) -> bool:
     """Run `change` (a data-modifying statement that returns a row when it changed something)
     and record `event` only if it did, in one statement: atomic without a transaction, and one
     round trip instead of four (BEGIN, change, insert, COMMIT). True when it did."""
-    sql = _ADD_IF_SQL.get(change.sql)
-    if sql is None:
-        n = len(change.args)
-        sql = _ADD_IF_SQL[change.sql] = (
-            f"WITH changed AS ({change.sql}) INSERT INTO outbox (id, type, body) "
-            f"SELECT ${n + 1}::uuid, ${n + 2}::text, ${n + 3}::bytea FROM changed LIMIT 1 RETURNING 1"
-        )
+    sql = _add_if_sql(change.sql, len(change.args))
     done = await db.fetchval(sql, *change.args, event.id, event.type.value, event.to_bytes())
     return done is not None
 
 
-_ADD_IF_SQL: dict[str, str] = {}
+@functools.cache
+def _add_if_sql(change_sql: str, n: int) -> str:
+    return (
+        f"WITH changed AS ({change_sql}) INSERT INTO outbox (id, type, body) "
+        f"SELECT ${n + 1}::uuid, ${n + 2}::text, ${n + 3}::bytea FROM changed LIMIT 1 RETURNING 1"
+    )
 
 
 async def add_many(conn: Queries, events: list[Event]) -> None:
