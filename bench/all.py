@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -216,12 +215,7 @@ def main() -> int:
         "quick": args.quick,
         "seconds": total,
         "source": source,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "cpu_model": rb.cpu_model(),
-            "kernel": platform.release(),
-            "python": platform.python_version(),
-        },
+        "machine": rb.machine(),
         "rows": rows,
         "ratios": found,
         "parts": parts,

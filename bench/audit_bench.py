@@ -37,7 +37,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import random
 import secrets
 import shutil
@@ -247,15 +246,6 @@ def idle_check(meter: rb.CpuMeter) -> dict[str, Any]:
             flush=True,
         )
     return idle
-
-
-def warn_disturbed(cpu: dict[str, Any]) -> None:
-    if cpu["other"] > 0.2:
-        print(
-            f"    warning: {cpu['other']} cores went elsewhere ({rb.elsewhere(cpu)}); these "
-            "figures are disturbed",
-            flush=True,
-        )
 
 
 # --------------------------------------------------------------------------- profiles
@@ -593,7 +583,7 @@ class Ingest:
             f"{check['batches']} batches; chains: {chains['summary']}",
             flush=True,
         )
-        warn_disturbed(cpu)
+        rb.warn_disturbed(cpu, "these figures are")
         return result
 
     async def integrity(self) -> dict[str, int]:
@@ -1013,7 +1003,7 @@ class Queries:
             f"{cpu['machine']} cores",
             flush=True,
         )
-        warn_disturbed(cpu)
+        rb.warn_disturbed(cpu, "these figures are")
         return {
             "connections": conns,
             "threads": min(args.threads, conns),
@@ -1249,13 +1239,7 @@ def main() -> int:
         "started_utc": stamp,
         "command": " ".join(["bench/audit_bench.py", *sys.argv[1:]]),
         "source": source,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "cpu_model": rb.cpu_model(),
-            "kernel": platform.release(),
-            "python": platform.python_version(),
-            "wrk": rb.wrk_version() if shutil.which("wrk") else None,
-        },
+        "machine": rb.machine(wrk=True),
         "settings": {
             "database": DATABASE,
             "redis_key_prefix": REDIS_KEY_PREFIX,

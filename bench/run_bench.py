@@ -797,6 +797,28 @@ def git_state() -> dict[str, Any]:
     }
 
 
+def machine(*, wrk: bool = False) -> dict[str, Any]:
+    """The machine a benchmark ran on, for its JSON."""
+    found: dict[str, Any] = {
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
+    if wrk:
+        found["wrk"] = wrk_version() if shutil.which("wrk") else None
+    return found
+
+
+def warn_disturbed(cpu: dict[str, Any], figures: str = "this scenario's figures are") -> None:
+    """Say so when more than 0.2 cores went to processes outside the measured ones."""
+    if cpu["other"] > 0.2:
+        print(
+            f"    warning: {cpu['other']} cores went elsewhere ({elsewhere(cpu)}); {figures} disturbed",
+            flush=True,
+        )
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -1011,12 +1033,7 @@ def measure(
         )
     if summary.get("unexpected_sample"):
         print(f"    first unexpected answer: {summary['unexpected_sample']}", flush=True)
-    if cpu["other"] > 0.2:
-        print(
-            f"    warning: {cpu['other']} cores went elsewhere ({elsewhere(cpu)}); "
-            "this scenario's figures are disturbed",
-            flush=True,
-        )
+    warn_disturbed(cpu)
     quiesce(meter)  # drain in-flight work (abandoned logins, events) before the next scenario
     result = {
         "scenario": scenario.name,
@@ -1359,13 +1376,7 @@ def main() -> int:
         "started_utc": stamp,
         "command": " ".join(["bash bench/run.sh", *sys.argv[1:]]),
         "source": source,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "cpu_model": cpu_model(),
-            "kernel": platform.release(),
-            "python": platform.python_version(),
-            "wrk": wrk_version(),
-        },
+        "machine": machine(wrk=True),
         "settings": {
             "database": DATABASE,
             "redis_key_prefix": REDIS_KEY_PREFIX,

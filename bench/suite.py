@@ -224,12 +224,7 @@ def print_line(summary: dict[str, Any], cpu: dict[str, Any]) -> None:
     print(f"    {describe(summary)}; CPU {rb.cpu_line(cpu)}", flush=True)
     if summary.get("exhausted_workers"):
         print(f"    note: {summary['exhausted_workers']} worker(s) ran out of work", flush=True)
-    if cpu["other"] > 0.2:
-        print(
-            f"    warning: {cpu['other']} cores went elsewhere ({rb.elsewhere(cpu)}); "
-            "this scenario's figures are disturbed",
-            flush=True,
-        )
+    rb.warn_disturbed(cpu)
 
 
 def result_of(

@@ -41,7 +41,6 @@ import itertools
 import json
 import math
 import os
-import platform
 import shutil
 import signal
 import subprocess
@@ -1349,12 +1348,15 @@ def elsewhere(cpu: dict[str, Any]) -> str:
 
 
 def warn_disturbed(cpu: dict[str, Any]) -> None:
+    """run_bench.warn_disturbed for this script's own CPU meter (its busiest processes are
+    already strings)."""
     if cpu["other"] > 0.2:
         print(
             f"    warning: {cpu['other']} cores went elsewhere ({elsewhere(cpu)}); this run's "
             "figures are disturbed",
             flush=True,
         )
+
 
 
 # --------------------------------------------------------------------------- main
@@ -1571,12 +1573,7 @@ def main() -> int:
         "started_utc": stamp,
         "command": " ".join(["bash bench/webhooks.sh", *sys.argv[1:]]),
         "source": source,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "cpu_model": rb.cpu_model(),
-            "kernel": platform.release(),
-            "python": platform.python_version(),
-        },
+        "machine": rb.machine(),
         "settings": {
             "api_workers": settings.API_WORKERS,
             "log_level": settings.LOG_LEVEL,
