@@ -11,7 +11,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator
@@ -27,15 +26,10 @@ from shared.config import Settings
 
 from tests.conftest import RUN_ID, make_settings, remove_resources
 from tests.docs.readme import ROOT
+from tests.ports import free_port
 
 READY_TIMEOUT = 60
 STOP_TIMEOUT = 30
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def clean_copy(dest: Path) -> Path:

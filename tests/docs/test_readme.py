@@ -17,7 +17,8 @@ from typing import Any
 
 import pyotp
 
-from tests.docs.newcomer import Newcomer, free_port, make_run
+from tests.docs.newcomer import Newcomer, make_run
+from tests.ports import free_port
 from tests.docs.readme import README, Command, commands
 from tests.fakes.twilio_server import FakeTwilio, twilio_server
 

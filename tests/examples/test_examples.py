@@ -10,7 +10,6 @@ import asyncio
 import json
 import os
 import re
-import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from aiohttp.test_utils import TestClient
 
 from tests.api_client import PASSWORD, create_key, new_account
 from tests.ids import random_email, random_user_id
+from tests.ports import free_port
 from tests.totp_helpers import code_at, enable_totp, wrong_code
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -69,12 +69,6 @@ def lang(request: pytest.FixtureRequest) -> str:
 @pytest_asyncio.fixture
 async def service(client: TestClient) -> Service:
     return Service(client, (await create_key(client, await new_account(client)))["apiKey"])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def start(

@@ -17,7 +17,6 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -25,6 +24,8 @@ from pathlib import Path
 import aio_pika
 import asyncpg
 import redis.asyncio as aioredis
+
+from tests.ports import free_port
 
 
 def _pg_bin() -> Path:
@@ -45,13 +46,6 @@ PG_BIN = _pg_bin()
 RABBITMQ_SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def _until(check: Callable[[], Awaitable[object]], timeout: float, what: str) -> float:

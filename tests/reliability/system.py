@@ -26,7 +26,8 @@ from shared.migrate import prepare
 
 from tests.conftest import make_settings
 from tests.fakes.smtp_server import FakeSmtp, smtp_server
-from tests.reliability.dependencies import Dependencies, free_port
+from tests.ports import free_port
+from tests.reliability.dependencies import Dependencies
 from tests.webhooks.helpers import settings_env
 
 MODULES = {

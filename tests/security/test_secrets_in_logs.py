@@ -20,7 +20,6 @@ import re
 import secrets
 from typing import Any
 
-import structlog
 from structlog.testing import capture_logs
 
 from shared.logs import processors

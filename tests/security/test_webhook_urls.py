@@ -30,7 +30,7 @@ INJECTIONS = {
     "CRLF then a header": f"{BASE}/x\r\nX-Injected: 1",
     "CR alone": f"{BASE}/x\rX-Injected: 1",
     "LF then Host": f"{BASE}/x\nHost: evil.example",
-    "CRLF in the host": f"http://evil.example\r\nX-Injected: 1/",
+    "CRLF in the host": "http://evil.example\r\nX-Injected: 1/",
     "CRLF after the port": f"{BASE}:80\r\nX-Injected: 1/",
     "encoded CRLF in the host": "http://evil.example%0d%0aX-Injected:1/",
     "encoded CRLF after the port": f"{BASE}:80%0d%0aX-Injected:1/",

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import socket
 import sys
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import aiohttp
 from shared import webhook_signing
 
 from tests.api_client import new_account
+from tests.ports import free_port
 from tests.webhooks.helpers import create_webhook, delivery_log, eventually, running_dispatcher
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -24,12 +24,6 @@ def readme_receiver() -> str:
     text = README.read_text()
     section = text[text.index("A Python receiver that checks") :]
     return re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def test_the_readme_python_receiver_verifies_deliveries(client, tmp_path):
