@@ -826,12 +826,7 @@ async def first_answer(base: str, token: str, query: Query) -> dict[str, Any]:
 async def explain(settings: Settings, owner: uuid.UUID, query: Query) -> dict[str, Any]:
     """EXPLAIN (ANALYZE, BUFFERS) of the query's SQL as api.domain.audit.page builds it, with
     the first path's parameters (and of the userId check, for a userId filter)."""
-    where, params = audit_read._where(query.filters, 3)
-    sql = (
-        f"SELECT {audit_read.COLUMNS} FROM audit_log WHERE owner_id = $1 AND seq < $2{where} "
-        f"ORDER BY seq DESC LIMIT ${3 + len(params)}"
-    )
-    args = [owner, audit_read.decode_cursor(query.cursor), *params, query.limit + 1]
+    sql, args = audit_read.page_query(owner, query.filters, query.limit, query.cursor)
     conn = await asyncpg.connect(settings.DATABASE_URL)
     try:
         await db.init_connection(conn)

@@ -20,6 +20,7 @@ import pytest_asyncio
 from shared import audit_chain
 from shared.events import Actor, Event, EventType
 
+from api.domain import audit as audit_read
 import audit.main
 from audit import store
 
@@ -312,3 +313,35 @@ async def test_from_and_to_select_by_when_the_event_occurred(client, auditor, se
     assert str(old.id) not in {e["eventId"] for e in recent} and len(recent) == 2  # registered, login
     window = await entries(client, account.auth, **{"from": three_days_ago, "to": day_ago})
     assert [e["eventId"] for e in window] == [str(old.id)]
+
+
+async def test_a_window_in_the_past_pages_through_entries_recorded_on_time_and_late(
+    client, auditor, settings, monkeypatch
+):
+    """With a `to`, entries recorded soon after it are read by seq and late ones through the
+    occurred_at index; paging through such a window gives exactly what the same window without
+    `to` lists, in the same order. The 'late' line is moved between two groups of entries so
+    that both ways are taken."""
+    account = await new_account(client)
+    occurred = datetime.now(UTC) - timedelta(minutes=10)
+    await publish_events(settings, [event_for(account.id, occurred_at=occurred) for _ in range(3)])
+    await entries_at_least(client, account.auth, 5)
+    line = datetime.now(UTC)
+    await asyncio.sleep(0.2)
+    await publish_events(settings, [event_for(account.id, occurred_at=occurred) for _ in range(4)])
+    window = {"from": (occurred - timedelta(hours=1)).isoformat(), "to": datetime.now(UTC).isoformat()}
+    expected = [e["id"] for e in await entries_at_least(client, account.auth, 9, limit=100, **{"from": window["from"]})]
+    monkeypatch.setattr(audit_read, "LATE_AFTER", line - datetime.fromisoformat(window["to"]))
+
+    paged: list[str] = []
+    cursor = None
+    while True:
+        query = {**window, "limit": 2, **({"cursor": cursor} if cursor else {})}
+        r = await client.get("/api/audit-logs", params=query, headers=account.auth)
+        body = await r.json()
+        assert r.status == 200, body
+        paged += [e["id"] for e in body["data"]]
+        cursor = body["nextCursor"]
+        if cursor is None:
+            break
+    assert paged == expected and len(expected) == 9

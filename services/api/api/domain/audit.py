@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -30,6 +31,9 @@ SELECT EXISTS (SELECT 1 FROM end_users WHERE owner_id = $1 AND external_id = $2)
     OR EXISTS (SELECT 1 FROM audit_log WHERE owner_id = $1 AND user_id = $2)
 """
 MAX_SEQ = (1 << 63) - 1
+# With a `to`, entries recorded more than this long after it (late: the audit service was
+# behind) are looked up by occurred_at, the rest newest first by seq (see `page_query`).
+LATE_AFTER = timedelta(hours=1)
 CURSOR_PREFIX = b"audit:"
 
 
@@ -104,16 +108,38 @@ async def check_user(conn: asyncpg.Connection, ctx: Context, user_id: str | None
         raise NotFound("No such user among yours", code="USER_NOT_FOUND")
 
 
+def page_query(
+    owner_id: uuid.UUID, filters: Filters, limit: int, cursor: str | None
+) -> tuple[str, list[Any]]:
+    """The SQL and arguments of a page (`limit` + 1 rows, to tell whether another follows).
+
+    Newest first is a scan of the seq index that stops after `limit` rows. With a `to` in the
+    past, that scan would first walk everything recorded after `to` (PostgreSQL expects matches
+    to be spread evenly). So then the entries recorded up to `LATE_AFTER` after `to` are read by
+    seq in their few partitions, and the late ones after that through the occurred_at index
+    (`seq + 0`: sorted, not scanned in seq order); the page is the newest of both. A `to`
+    less than `LATE_AFTER` ago has nothing late yet: the plain scan."""
+    where, params = _where(filters, 3)
+    args = [owner_id, decode_cursor(cursor), *params]
+    head = f"SELECT {COLUMNS} FROM audit_log WHERE owner_id = $1 AND seq < $2{where}"
+    late_after = filters.occurred_to + LATE_AFTER if filters.occurred_to else None
+    if late_after is None or late_after >= datetime.now(UTC):  # nothing can be late yet
+        return f"{head} ORDER BY seq DESC LIMIT ${len(args) + 1}", [*args, limit + 1]
+    late, n = len(args) + 1, len(args) + 2
+    sql = (
+        f"({head} AND recorded_at <= ${late} ORDER BY seq DESC LIMIT ${n}) UNION ALL "
+        f"({head} AND recorded_at > ${late} ORDER BY seq + 0 DESC LIMIT ${n}) "
+        f"ORDER BY seq DESC LIMIT ${n}"
+    )
+    return sql, [*args, late_after, limit + 1]
+
+
 async def page(
     conn: asyncpg.Connection, ctx: Context, filters: Filters, limit: int, cursor: str | None
 ) -> tuple[list[asyncpg.Record], str | None]:
     await check_user(conn, ctx, filters.user_id)
-    where, params = _where(filters, 3)
-    sql = (
-        f"SELECT {COLUMNS} FROM audit_log WHERE owner_id = $1 AND seq < $2{where} "
-        f"ORDER BY seq DESC LIMIT ${3 + len(params)}"
-    )
-    rows = await conn.fetch(sql, ctx.owner_id, decode_cursor(cursor), *params, limit + 1)
+    sql, args = page_query(ctx.owner_id, filters, limit, cursor)
+    rows = await conn.fetch(sql, *args)
     if len(rows) <= limit:
         return list(rows), None
     return list(rows[:limit]), encode_cursor(rows[limit - 1]["seq"])
