@@ -68,11 +68,12 @@ class _Totp(pyotp.TOTP):
     """pyotp's TOTP with the base32 secret decoded once, not once per generated code (the
     window and skew search generate up to 23 codes per request)."""
 
-    def __init__(self, secret: str) -> None:
-        self._key = pyotp.TOTP(secret).byte_secret()
-        super().__init__(secret)
+    _key: bytes | None = None
 
     def byte_secret(self) -> bytes:
+        # pyotp's __init__ calls this once to validate the secret; that decoding is kept.
+        if self._key is None:
+            self._key = super().byte_secret()
         return self._key
 
 
