@@ -5,7 +5,12 @@ state change was committed. The `Relay` takes unsent rows with `FOR UPDATE SKIP 
 every API replica at once), publishes each with a publisher confirm, then sets `sent_at` in the
 same transaction. If the broker is down the transaction rolls back and the rows wait; if the
 process dies after a confirm but before the commit, the rows are published again: delivery is
-at-least-once and consumers dedupe by event id. It wakes on NOTIFY and polls as a fallback.
+at-least-once and consumers dedupe by event id.
+
+Waking the relay: an API request runs under a `Written` (see `watch`), which counts the events it
+records; when the request has finished (its transactions committed), the API wakes its own relay.
+Events recorded anywhere else (another service, a script) send `NOTIFY outbox` with them, which
+wakes every replica's relay at commit. Relays also poll, as a fallback.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import asyncio
 import contextlib
 import functools
 import time
+from contextvars import ContextVar
 
 import asyncpg
 import structlog
@@ -36,11 +42,42 @@ WHERE seq IN (
 RETURNING seq, id, type, body, created_at
 """
 PURGE_SQL = "DELETE FROM outbox WHERE sent_at < now() - make_interval(secs => $1)"
+# Delivered when the writer's transaction commits, to every relay listening.
+NOTIFY_SQL = "SELECT pg_notify('outbox', '')"
+
+
+class Written:
+    """How many events the code running under it recorded (see `watch`)."""
+
+    __slots__ = ("events",)
+
+    def __init__(self) -> None:
+        self.events = 0
+
+
+_written: ContextVar[Written | None] = ContextVar("outbox_written", default=None)
+
+
+def watch() -> Written:
+    """Count the events recorded from here on in this task (and tasks it starts), instead of
+    notifying for each: whoever calls this wakes a relay once those events are committed."""
+    written = Written()
+    _written.set(written)
+    return written
+
+
+async def _recorded(db: Queries, count: int) -> None:
+    written = _written.get()
+    if written is not None:
+        written.events += count
+    else:
+        await db.execute(NOTIFY_SQL)
 
 
 async def add(conn: Queries, event: Event) -> None:
     """Record an event in the caller's transaction."""
     await conn.execute(INSERT_SQL, event.id, event.type.value, event.to_bytes())
+    await _recorded(conn, 1)
 
 
 async def add_if(db: Queries, change: Statement, event: Event) -> bool:
@@ -49,7 +86,10 @@ async def add_if(db: Queries, change: Statement, event: Event) -> bool:
     round trip instead of four (BEGIN, change, insert, COMMIT). True when it did."""
     sql = _add_if_sql(change.sql, len(change.args))
     done = await db.fetchval(sql, *change.args, event.id, event.type.value, event.to_bytes())
-    return done is not None
+    if done is None:
+        return False
+    await _recorded(db, 1)
+    return True
 
 
 @functools.cache
@@ -61,10 +101,13 @@ def _add_if_sql(change_sql: str, n: int) -> str:
 
 
 async def add_many(conn: Queries, events: list[Event]) -> None:
+    if not events:
+        return
     if len(events) == 1:  # the usual case; a plain execute costs less than executemany
         await add(conn, events[0])
         return
     await conn.executemany(INSERT_SQL, [(e.id, e.type.value, e.to_bytes()) for e in events])
+    await _recorded(conn, len(events))
 
 
 def _alive(conn: asyncpg.Connection) -> bool:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 
 import asyncpg
 
-from shared.events import Event, EventType
+from shared import outbox
+from shared.events import Actor, Event, EventType, WebhookDeactivatedData
 from shared.outbox import Relay
 
 from tests.api_client import login, new_account, register
@@ -104,3 +106,35 @@ async def test_a_relay_that_crashes_is_started_again(app_factory, settings, monk
             lambda evs: any(e.type == EventType.USER_LOGIN and e.userId == account.id for e in evs)
         )
     assert calls >= 2
+
+
+async def test_a_request_wakes_its_relay_at_once(app_factory, settings):
+    """With the relay's poll a minute apart, an event a request writes is still published within
+    moments: the finished request wakes its replica's relay (no NOTIFY from the database)."""
+    client = await app_factory(OUTBOX_POLL_SECONDS=60)
+    async with watch_events(settings, pattern="user.login") as watcher:
+        started = time.monotonic()
+        account = await new_account(client)
+        await watcher.wait_for(lambda evs: any(e.userId == account.id for e in evs), timeout=5)
+    assert time.monotonic() - started < 5
+
+
+async def test_an_event_written_outside_a_request_wakes_the_relays(app_factory, settings):
+    """Another process (the webhook dispatcher, a script) records an event in its own
+    transaction: the API's relay, polling only once a minute, publishes it as it commits."""
+    await app_factory(OUTBOX_POLL_SECONDS=60)
+    await asyncio.sleep(0.3)  # the relay has listened and gone back to waiting
+    data = WebhookDeactivatedData(
+        webhookId=str(uuid.uuid4()), url="https://example.com/hook", reason="test", consecutiveFailures=1
+    )
+    event = Event.build(
+        EventType.WEBHOOK_DEACTIVATED, data, ownerId=uuid.uuid4(), actor=Actor(kind="system", id="test")
+    )
+    async with watch_events(settings, pattern="webhook.deactivated") as watcher:
+        conn = await asyncpg.connect(settings.DATABASE_URL)
+        try:
+            async with conn.transaction():
+                await outbox.add(conn, event)
+        finally:
+            await conn.close()
+        await watcher.wait_for(lambda evs: any(e.id == event.id for e in evs), timeout=5)

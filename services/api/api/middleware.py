@@ -1,5 +1,5 @@
-"""Request middleware: CORS, then request id + body-size limit + error translation + one log
-line, then auth.
+"""Request middleware: CORS, then request id + body-size limit + error translation + outbox
+relay wake-up + one log line, then auth.
 
 `core_middleware` is the only place exceptions become responses: `AppError` becomes its envelope,
 aiohttp's own HTTP errors (404, 405, 413) are mapped to the contract's codes, a lost database or
@@ -19,7 +19,7 @@ import redis.exceptions
 import structlog
 from aiohttp import web
 
-from shared import envelope, metrics
+from shared import envelope, metrics, outbox
 from shared.errors import (
     AppError,
     MethodNotAllowed,
@@ -31,7 +31,7 @@ from shared.errors import (
 
 from api.domain import access
 from api.domain.access import ForeignResource
-from api.keys import DEADLINES, POOL, PRINCIPAL, RATE_HEADERS, REQUEST_ID, SETTINGS
+from api.keys import DEADLINES, POOL, PRINCIPAL, RATE_HEADERS, RELAY, REQUEST_ID, SETTINGS
 from api.views.common import context_of
 
 log = structlog.get_logger("api.request")
@@ -96,6 +96,7 @@ async def core_middleware(request: web.Request, handler: Handler) -> web.StreamR
     started = time.perf_counter()
     error_code = None
     settings = request.app[SETTINGS]
+    written = outbox.watch()
     try:
         # Refused before auth runs, and also where the handler would never read the body.
         if request.content_length is not None and request.content_length > settings.MAX_BODY_BYTES:
@@ -116,6 +117,10 @@ async def core_middleware(request: web.Request, handler: Handler) -> web.StreamR
     except Exception:
         log.exception("unhandled error")
         response, error_code = envelope.error(AppError()), "INTERNAL_ERROR"
+    if written.events:
+        # Committed by now (or rolled back: then the relay finds nothing). One wake per request
+        # instead of a NOTIFY per commit; the relay gathers what other requests write meanwhile.
+        request.app[RELAY].wake()
     response.headers["X-Request-Id"] = request_id
     for name, value in request.get(RATE_HEADERS, {}).items():
         response.headers[name] = value
