@@ -21,7 +21,7 @@ from tests.api_client import PASSWORD, create_key, error_code, new_account
 from tests.conftest import BASE_SETTINGS
 from tests.event_watch import watch_events
 from tests.ids import random_user_id
-from tests.totp_helpers import code_at, enable_totp
+from tests.totp_helpers import code_at, enable_totp, wrong_code
 
 RFC_SECRET = base64.b32encode(b"12345678901234567890").decode()
 
@@ -234,6 +234,54 @@ async def test_parallel_wrong_codes_cannot_slip_past_the_lockout(client):
     statuses = [r.status for r in responses]
     assert statuses.count(401) <= 5, statuses
     assert statuses.count(429) >= 25
+
+
+async def _attempts_left_after_a_wrong_code(client, key, user_id, secret) -> int:
+    r = await client.post("/api/2fa/verify", headers=key, json={"userId": user_id, "code": wrong_code(secret)})
+    assert r.status == 401, await r.text()
+    return (await r.json())["error"]["details"]["attemptsRemaining"]
+
+
+async def test_only_checked_codes_count_towards_the_lockout(client):
+    """The attempt is counted with the API key's rate limit, before the user is read: calls
+    refused before any code is checked must not count (a key without the scope, a key over its
+    hourly limit, a user id without 2FA yet)."""
+    account = await new_account(client)
+    key = {"X-API-Key": (await create_key(client, account))["apiKey"]}
+    read_only = {"X-API-Key": (await create_key(client, account, scopes=["2fa:read"]))["apiKey"]}
+    limited = {"X-API-Key": (await create_key(client, account, rateLimit=1))["apiKey"]}
+    user_id = random_user_id()
+    for _ in range(7):  # more than TWOFA_MAX_FAILURES (5), before the user has 2FA
+        r = await client.post("/api/2fa/verify", headers=key, json={"userId": user_id, "code": "123456"})
+        assert r.status == 400 and await error_code(r) == "TWO_FACTOR_NOT_ENABLED"
+    enabled = await enable_totp(client, key, user_id)
+    assert await _attempts_left_after_a_wrong_code(client, key, user_id, enabled["secret"]) == 4
+    for _ in range(7):
+        r = await client.post("/api/2fa/verify", headers=read_only, json={"userId": user_id, "code": "123456"})
+        assert r.status == 403
+    assert await _attempts_left_after_a_wrong_code(client, limited, user_id, enabled["secret"]) == 3
+    for _ in range(7):
+        r = await client.post("/api/2fa/verify", headers=limited, json={"userId": user_id, "code": "123456"})
+        assert r.status == 429 and await error_code(r) == "RATE_LIMITED"
+    assert await _attempts_left_after_a_wrong_code(client, key, user_id, enabled["secret"]) == 2
+    r = await client.post("/api/2fa/verify", headers=key, json={"userId": user_id, "code": code_at(enabled["secret"])})
+    assert r.status == 200, await r.text()
+    # A right code ends the run of failures.
+    assert await _attempts_left_after_a_wrong_code(client, key, user_id, enabled["secret"]) == 4
+
+
+async def test_a_locked_user_is_refused_with_a_user_token_too(client):
+    """The lock is the end user's, whichever credential the code comes with: an account locked
+    through its tempToken logins stays locked when its own token asks."""
+    account = await new_account(client)
+    enabled = await enable_totp(client, account.auth)
+    for _ in range(5):
+        r = await client.post("/api/auth/login", json={"emailOrUsername": account.username, "password": PASSWORD})
+        temp = (await r.json())["tempToken"]
+        r = await client.post("/api/2fa/verify", json={"tempToken": temp, "code": wrong_code(enabled["secret"])})
+        assert r.status == 401
+    r = await client.post("/api/2fa/verify", headers=account.auth, json={"code": code_at(enabled["secret"])})
+    assert r.status == 429 and await error_code(r) == "TWO_FACTOR_LOCKED"
 
 
 async def test_backup_code_works_once(client):

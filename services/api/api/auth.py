@@ -59,8 +59,11 @@ def credential(request: web.Request) -> tuple[str | None, bool]:
     return None, False
 
 
-async def authenticate(request: web.Request, access: Access) -> Principal:
-    """Resolve the caller for a protected route, or raise 401/403/429."""
+async def authenticate(
+    request: web.Request, access: Access, along: rate_limit.Along | None = None
+) -> Principal:
+    """Resolve the caller for a protected route, or raise 401/403/429. With an API key that
+    holds the route's scope, `along` runs in the same Redis call as the key's rate limit."""
     presented, in_key_header = credential(request)
     if presented is None:
         raise Unauthorized("Send a user token or an API key", code="UNAUTHORIZED")
@@ -69,7 +72,7 @@ async def authenticate(request: web.Request, access: Access) -> Principal:
     if in_key_header or api_keys.looks_like_key(presented):
         if "apiKey" not in access.kinds:
             raise Forbidden("This endpoint needs a user token, not an API key", code="USER_TOKEN_REQUIRED")
-        principal = await _api_key_principal(request, presented)
+        principal = await _api_key_principal(request, presented, access.scope, along)
     else:
         principal = await _user_principal(request, presented)
     if access.scope and not principal.has_scope(access.scope):
@@ -77,25 +80,40 @@ async def authenticate(request: web.Request, access: Access) -> Principal:
     return principal
 
 
-async def _api_key_principal(request: web.Request, key: str) -> Principal:
+async def _api_key_principal(
+    request: web.Request, key: str, scope: str | None, along: rate_limit.Along | None
+) -> Principal:
     known, cache = request.app[KNOWN_KEYS], request.app[CACHE]
     key_digest = api_keys.digest(key)
     remembered = known.get(key_digest)
     record, read_at = remembered or await _read_key(request, key_digest)
     identity = record.checked()
+    principal = _key_principal(identity)
+    # A key without the route's scope gets its 403 from the caller: the route's work must not run.
+    if along is not None and scope is not None and not principal.has_scope(scope):
+        along = None
+    script = along.script(identity.owner_id) if along is not None else None
     changed = api_keys.changed_key(cache, identity.owner_id)
-    result = await rate_limit.hit(cache, identity.id, identity.rate_limit, changed)
+    result, reply = await rate_limit.hit(cache, identity.id, identity.rate_limit, changed, script)
+    if along is not None and reply is not None:
+        along.replied(reply)
     if remembered is not None and result.changed_at >= read_at:
-        # Revoked or rotated since this process read it: read it again before trusting it.
+        # Revoked or rotated since this process read it: read it again before trusting it. (An
+        # `along` has run by then: a key revoked moments ago may count one lockout attempt.)
         known.drop(key_digest)
         record, _ = await _read_key(request, key_digest)
         identity = record.checked()
+        principal = _key_principal(identity)
     request[RATE_HEADERS] = result.headers()
     if not result.allowed:
         raise RateLimited(
             result.retry_after,
             f"This API key is over its limit of {identity.rate_limit} requests per hour",
         )
+    return principal
+
+
+def _key_principal(identity: api_keys.KeyIdentity) -> Principal:
     return Principal(
         kind="apiKey", owner_id=identity.owner_id, scopes=identity.scopes, api_key_id=identity.id
     )

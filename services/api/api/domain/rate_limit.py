@@ -5,14 +5,17 @@
 - `RollingLimit`: the API-key hourly limit, a sliding window of 60 one-minute buckets. The same
   script also counts usage per hour (requests and rejections), records `lastUsedAt` and reads
   the owner's keys-changed stamp (`api_keys.KnownKeys`), so a key-authenticated request costs
-  one Redis call and no database write for bookkeeping.
+  one Redis call and no database write for bookkeeping. A route's own Redis work can ride along
+  in that call (`Along`): `POST /2fa/verify` counts its lockout attempt there.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from shared.cache import Cache
 from shared.errors import RateLimited
@@ -82,6 +85,24 @@ return {1, limit - total - 1, reset, 0, changed}
 """
 
 
+# ROLLING_LUA, then (only when it allowed the request) another script, whose reply becomes the
+# sixth element. Each runs as a function of its own KEYS and ARGV: ROLLING_LUA takes the first 4
+# keys and 3 arguments, the other script the rest.
+ROLLING_ALONG_LUA = """
+local function rolling(KEYS, ARGV)
+%s
+end
+local function along(KEYS, ARGV)
+%s
+end
+local result = rolling({KEYS[1], KEYS[2], KEYS[3], KEYS[4]}, {ARGV[1], ARGV[2], ARGV[3]})
+if result[1] == 1 then
+    result[6] = along({unpack(KEYS, 5)}, {unpack(ARGV, 4)})
+end
+return result
+"""
+
+
 # Drop the stamps that were flushed, unless a request wrote a newer one meanwhile.
 FORGET_FLUSHED_LUA = """
 local removed = 0
@@ -118,6 +139,30 @@ async def clear_failures(cache: Cache, *keys: str) -> None:
 
 
 @dataclass(frozen=True, slots=True)
+class Script:
+    """A Lua script with its keys and arguments."""
+
+    lua: str
+    keys: tuple[str, ...]
+    args: tuple[Any, ...]
+
+
+class Along(Protocol):
+    """Redis work a route does in the same round trip as its API key's rate-limit check, run
+    only when the check lets the request through. Gets the key's owner, hands back a script,
+    and is given the script's reply."""
+
+    def script(self, owner_id: uuid.UUID) -> Script: ...
+
+    def replied(self, reply: Any) -> None: ...
+
+
+@functools.cache
+def _rolling_along(lua: str) -> str:
+    return ROLLING_ALONG_LUA % (ROLLING_LUA, lua)
+
+
+@dataclass(frozen=True, slots=True)
 class RollingResult:
     allowed: bool
     limit: int
@@ -143,9 +188,12 @@ def last_used_key(cache: Cache) -> str:
     return cache.key("apikey", "last-used")
 
 
-async def hit(cache: Cache, api_key_id: uuid.UUID, limit: int, changed_key: str) -> RollingResult:
+async def hit(
+    cache: Cache, api_key_id: uuid.UUID, limit: int, changed_key: str, along: Script | None = None
+) -> tuple[RollingResult, Any]:
     """Count one request against the key's rolling hour; never raises for the limit itself.
-    Also reads the stamp at `changed_key`."""
+    Also reads the stamp at `changed_key`, and runs `along` if the request is allowed: returns
+    the result and `along`'s reply (None when it did not run)."""
     now = time.time()
     keys = [
         cache.key("apikey", "window", api_key_id),
@@ -153,7 +201,12 @@ async def hit(cache: Cache, api_key_id: uuid.UUID, limit: int, changed_key: str)
         last_used_key(cache),
         changed_key,
     ]
-    allowed, remaining, reset, retry, changed = await cache.eval(
-        ROLLING_LUA, len(keys), *keys, repr(now), limit, str(api_key_id)
-    )
-    return RollingResult(bool(allowed), limit, int(remaining), int(reset), int(retry), float(changed))
+    args = [repr(now), limit, str(api_key_id)]
+    if along is None:
+        reply = await cache.eval(ROLLING_LUA, len(keys), *keys, *args)
+    else:
+        lua = _rolling_along(along.lua)
+        reply = await cache.eval(lua, len(keys) + len(along.keys), *keys, *along.keys, *args, *along.args)
+    allowed, remaining, reset, retry, changed = reply[:5]
+    result = RollingResult(bool(allowed), limit, int(remaining), int(reset), int(retry), float(changed))
+    return result, reply[5] if len(reply) > 5 else None

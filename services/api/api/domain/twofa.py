@@ -163,18 +163,27 @@ async def _accept(db: Queries, ctx: Context, user: EndUser, method: str, consume
 
 
 async def verify(
-    db: Queries, deps: Deps, ctx: Context, external_id: str, code: str
+    db: Queries,
+    deps: Deps,
+    ctx: Context,
+    external_id: str,
+    code: str,
+    early: lockout.Early | None = None,
 ) -> tuple[str, EndUser]:
     """Check a code for a user with 2FA on; returns the method that accepted it and the user,
     or raises 401 `INVALID_CODE` (after recording `2fa.failed`) or 429 when locked.
 
-    `db` is best the pool: each statement then borrows a connection only while it runs."""
+    `db` is best the pool: each statement then borrows a connection only while it runs.
+    `early`: the attempt, if it was counted with the API key's rate limit."""
     check_code_format(code)
+    counted = early.attempt() if early is not None else None  # 429 here when locked
     user, factor, contact_kinds = await totp.load_with_user(db, deps.box, ctx.owner_id, external_id)
     totp_on = factor is not None and factor.enabled
     if user is None or not (totp_on or contact_kinds):
+        if counted is not None:
+            await lockout.clear(deps.cache, counted)
         raise ValidationFailed("Two-factor authentication is not enabled for this user", code="TWO_FACTOR_NOT_ENABLED")
-    attempt = await lockout.begin(deps.cache, deps.settings, user)
+    attempt = counted or await lockout.begin(deps.cache, deps.settings, ctx.owner_id, external_id)
     is_six_digits = bool(TOTP_CODE.match(code))
     if not is_six_digits:
         method = "backup_code"
@@ -208,7 +217,7 @@ async def verify(
     elif not is_six_digits:
         accepted = await _accept(db, ctx, user, method, backup_codes.consume(deps.box, user, code))
     if accepted:
-        await lockout.succeeded(deps.cache, attempt)
+        await lockout.clear(deps.cache, attempt)
         return method, user
     left = await lockout.failed(deps.cache, deps.settings, attempt)
     failed = TwoFactorFailedData(

@@ -10,7 +10,7 @@ from shared.envelope import ok
 from shared.errors import Unauthorized, ValidationFailed
 
 from api.auth import TEMP_TOKEN_OR_KEY, authenticate
-from api.domain import accounts, devices, end_users, tokens, twofa
+from api.domain import accounts, devices, end_users, lockout, tokens, twofa
 from api.domain.context import Context
 from api.keys import CACHE, DUMMY_HASH, OFFLOAD, POOL, PRINCIPAL, SETTINGS, TWOFA
 from api.parsing import parse_json, parse_query
@@ -131,10 +131,12 @@ async def verify(request: web.Request) -> web.Response:
     twofa.check_code_format(body.code)
     if body.tempToken is not None:
         return await _complete_login(request, body)
-    request[PRINCIPAL] = await authenticate(request, TEMP_TOKEN_OR_KEY)
+    # With an API key, the lockout attempt is counted in the key's rate-limit round trip.
+    early = lockout.Early(request.app[CACHE], request.app[SETTINGS], body.userId) if body.userId else None
+    request[PRINCIPAL] = await authenticate(request, TEMP_TOKEN_OR_KEY, early)
     external_id = subject_of(request, body.userId)
     ctx = context_of(request)
-    method, _ = await twofa.verify(request.app[POOL], request.app[TWOFA], ctx, external_id, body.code)
+    method, _ = await twofa.verify(request.app[POOL], request.app[TWOFA], ctx, external_id, body.code, early)
     return ok({"verified": True, "method": method, "userId": external_id})
 
 
