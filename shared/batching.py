@@ -3,8 +3,10 @@
 `await batcher.submit(item)` returns that item's result once the batch holding it has been
 handled by `flush(items) -> results` (same order). A batch closes when it holds `max_batch` items
 or `max_wait` seconds after its first item arrived. If `flush` raises, every caller in the batch
-gets the exception. Batches run one at a time, in arrival order. `add(item)` queues an item
-without waiting for its result, for a `flush` that settles each item's outcome itself.
+gets the exception. Batches run one at a time, in arrival order, unless `concurrency` allows
+more at once (then they start in arrival order; while all are busy, the next batch grows).
+`add(item)` queues an item without waiting for its result, for a `flush` that settles each
+item's outcome itself.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class Batcher(Generic[T, R]):
         max_batch: int,
         max_wait: float,
         name: str = "batcher",
+        concurrency: int = 1,
     ) -> None:
         self._flush = flush
         self._max_batch = max_batch
@@ -35,7 +38,8 @@ class Batcher(Generic[T, R]):
         self._arrived = asyncio.Event()
         self._full = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._busy = False
+        self._slots = asyncio.Semaphore(concurrency)
+        self._running: set[asyncio.Task[None]] = set()
 
     async def submit(self, item: T) -> R:
         if self._task is None:
@@ -62,7 +66,7 @@ class Batcher(Generic[T, R]):
         """Wait (at most `timeout` seconds) until every queued item has been flushed."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
-                while self._pending or self._busy:
+                while self._pending or self._running:
                     await asyncio.sleep(0.01)
 
     async def stop(self, reason: Exception) -> None:
@@ -72,6 +76,9 @@ class Batcher(Generic[T, R]):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        for task in list(self._running):
+            task.cancel()
+        await asyncio.gather(*self._running, return_exceptions=True)
         for _, future in self._pending:
             if future is not None and not future.done():
                 future.set_exception(reason)
@@ -83,16 +90,19 @@ class Batcher(Generic[T, R]):
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._max_wait):
                     await self._full.wait()
+            await self._slots.acquire()  # meanwhile, arrivals join this batch
             batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
             if len(self._pending) < self._max_batch:
                 self._full.clear()
             if not self._pending:
                 self._arrived.clear()
-            self._busy = True
-            try:
-                await self._handle(batch)
-            finally:
-                self._busy = False
+            task = asyncio.create_task(self._handle(batch), name=f"{self._name}-flush")
+            self._running.add(task)
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._slots.release()
 
     async def _handle(self, batch: list[tuple[T, asyncio.Future[R] | None]]) -> None:
         try:
