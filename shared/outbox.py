@@ -25,6 +25,7 @@ import asyncpg
 import structlog
 
 from shared import metrics
+from shared.batching import Batcher
 from shared.broker import Publisher
 from shared.db import Queries, Statement
 from shared.events import Event
@@ -32,6 +33,9 @@ from shared.events import Event
 log = structlog.get_logger(__name__)
 
 INSERT_SQL = "INSERT INTO outbox (id, type, body) VALUES ($1, $2, $3)"
+INSERT_MANY_SQL = (
+    "INSERT INTO outbox (id, type, body) SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[])"
+)
 # Claims and marks a batch in one statement; the mark only sticks if the transaction commits,
 # which it does after the broker has confirmed every row.
 CLAIM_SQL = """
@@ -110,6 +114,40 @@ async def add_many(conn: Queries, events: list[Event]) -> None:
     await _recorded(conn, len(events))
 
 
+class Appender:
+    """Records events that belong to no transaction of the caller's (a wrong code's
+    `2fa.failed`): the events of all callers waiting meanwhile go into one statement, committed
+    before any of them returns. Under load that is one commit for many requests instead of one
+    each; alone, a caller waits no longer than for its own INSERT."""
+
+    def __init__(self, pool: asyncpg.Pool, *, max_batch: int = 500, concurrency: int = 4) -> None:
+        self._pool = pool
+        self._batcher: Batcher[list[Event], None] = Batcher(
+            self._flush, max_batch=max_batch, max_wait=0, name="outbox-appender", concurrency=concurrency
+        )
+
+    def start(self) -> None:
+        self._batcher.start()
+
+    async def stop(self) -> None:
+        await self._batcher.stop(RuntimeError("the outbox appender has stopped"))
+
+    async def add_many(self, events: list[Event]) -> None:
+        if events:
+            await self._batcher.submit(events)
+            await _recorded(self._pool, len(events))
+
+    async def _flush(self, batches: list[list[Event]]) -> list[None]:
+        events = [event for batch in batches for event in batch]
+        await self._pool.execute(
+            INSERT_MANY_SQL,
+            [e.id for e in events],
+            [e.type.value for e in events],
+            [e.to_bytes() for e in events],
+        )
+        return [None] * len(batches)
+
+
 def _alive(conn: asyncpg.Connection) -> bool:
     """Whether a held connection still works. When the server closes one, asyncpg hands it back
     to its pool by itself, and every call on the proxy still held (`is_closed()` too) raises."""
@@ -130,6 +168,7 @@ class Relay:
         poll_seconds: float = 1.0,
         gather_seconds: float = 0.0,
         batch_size: int = 200,
+        pipeline: int = 4,
         keep_sent_seconds: int = 24 * 3600,
     ) -> None:
         self._pool = pool
@@ -137,6 +176,8 @@ class Relay:
         self._poll = poll_seconds
         self._gather = gather_seconds
         self._batch = batch_size
+        self._pipeline = pipeline
+        self._claiming = asyncio.Lock()
         self._keep_sent = keep_sent_seconds
         self._wake = asyncio.Event()
         self.published = 0
@@ -147,18 +188,49 @@ class Relay:
     async def relay_once(self) -> int:
         """Publish one batch; returns how many rows were sent (0 when none were waiting)."""
         async with self._pool.acquire() as conn, conn.transaction():
-            rows = sorted(await conn.fetch(CLAIM_SQL, self._batch), key=lambda r: r["seq"])
-            if not rows:
-                metrics.OUTBOX_LAG.set(0)
-                return 0
-            await asyncio.gather(
-                *(self._publisher.publish(str(r["id"]), r["type"], r["body"]) for r in rows)
-            )
+            # Batches in flight at once claim and start publishing one after the other, so that
+            # their messages go out in the order of the rows; only waiting for the confirms and
+            # committing overlap.
+            async with self._claiming:
+                rows = sorted(await conn.fetch(CLAIM_SQL, self._batch), key=lambda r: r["seq"])
+                if not rows:
+                    metrics.OUTBOX_LAG.set(0)
+                    return 0
+                sending = [
+                    asyncio.ensure_future(self._publisher.publish(str(r["id"]), r["type"], r["body"]))
+                    for r in rows
+                ]
+                await asyncio.sleep(0)  # each has taken its place on the channel
+            try:
+                await asyncio.gather(*sending)
+            finally:
+                for task in sending:
+                    task.cancel()  # after a failure, the rest need not wait for their confirms
         self.published += len(rows)
         metrics.OUTBOX_LAG.set(max((time.time() - rows[0]["created_at"].timestamp()), 0.0))
         for row in rows:
             metrics.EVENTS_PUBLISHED.labels(row["type"]).inc()
         return len(rows)
+
+    async def relay_all(self) -> None:
+        """Relay until a batch comes back short, with up to `pipeline` batches in flight: each
+        waits about a broker round trip (more under load) for its confirms, and meanwhile the
+        next is claimed and published (SKIP LOCKED keeps them apart; the channel keeps their
+        order). One at a time, a busy API fell behind at ~700 events/s."""
+        running: set[asyncio.Task[int]] = set()
+        short = False
+        try:
+            while running or not short:
+                while not short and len(running) < self._pipeline:
+                    running.add(asyncio.create_task(self.relay_once()))
+                done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if task.result() < self._batch:  # raises what relay_once raised
+                        short = True
+        finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
 
     async def purge_sent(self) -> None:
         async with self._pool.acquire() as conn:
@@ -177,8 +249,7 @@ class Relay:
                     # would wake the relay and every event would wait for the next poll.
                     listener = await self._listen()
                 try:
-                    while await self.relay_once() == self._batch:
-                        pass
+                    await self.relay_all()
                     backoff = self._poll
                     cycles += 1
                     if cycles % 3600 == 0:

@@ -24,7 +24,7 @@ from shared.cache import create_cache
 from shared.config import Settings
 from shared.crypto import SecretBox
 from shared.health import Health
-from shared.outbox import Relay
+from shared.outbox import Appender, Relay
 
 from api import openapi
 from api.auth import auth_middleware
@@ -97,8 +97,11 @@ async def cache_ctx(app: web.Application) -> AsyncIterator[None]:
 async def twofa_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     app[SECRET_BOX] = SecretBox(settings.ENCRYPTION_KEY)
-    app[TWOFA] = twofa.Deps(settings, app[CACHE], app[SECRET_BOX], app[OFFLOAD])
+    failures = Appender(app[POOL])
+    failures.start()
+    app[TWOFA] = twofa.Deps(settings, app[CACHE], app[SECRET_BOX], app[OFFLOAD], failures)
     yield
+    await failures.stop()
 
 
 async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -111,6 +114,7 @@ async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 RESTART_SECONDS = 1.0
+RELAY_PIPELINE = 4  # outbox batches in flight at once
 
 
 async def _supervise(coro_factory, name: str) -> None:  # type: ignore[no-untyped-def]
@@ -133,15 +137,16 @@ async def _run_forever(coro_factory, name: str) -> AsyncIterator[None]:  # type:
 
 
 async def relay_ctx(app: web.Application) -> AsyncIterator[None]:
-    # Its own two connections (LISTEN, and the relaying transaction): under load the relay never
+    # Its own connections (LISTEN, and one per batch in flight): under load the relay never
     # waits in line behind requests for the shared pool, so events keep flowing.
-    async with db.create_pool(app[SETTINGS], size=2) as pool:
+    async with db.create_pool(app[SETTINGS], size=1 + RELAY_PIPELINE) as pool:
         settings = app[SETTINGS]
         relay = Relay(
             pool,
             app[PUBLISHER],
             poll_seconds=settings.OUTBOX_POLL_SECONDS,
             gather_seconds=settings.OUTBOX_GATHER_SECONDS,
+            pipeline=RELAY_PIPELINE,
         )
         app[RELAY] = relay
         async for _ in _run_forever(relay.run, "outbox-relay"):

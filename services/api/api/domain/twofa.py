@@ -71,6 +71,8 @@ class Deps:
     cache: Cache
     box: SecretBox
     offload: Callable[..., Awaitable[Any]]
+    # Records a wrong code's events, committed whatever becomes of the caller's transaction.
+    failures: outbox.Appender
 
 
 class InvalidSetupCode(AppError):
@@ -229,7 +231,7 @@ async def verify(
             userId=user.external_id, scope="2fa", lockedSeconds=deps.settings.TWOFA_LOCKOUT_SECONDS
         )
         events.append(ctx.event(EventType.LOCKOUT, locked, user.external_id))
-    await outbox.add_many(db, events)
+    await deps.failures.add_many(events)
     raise Unauthorized(message, code="INVALID_CODE", details={**details, "attemptsRemaining": left})
 
 
