@@ -402,20 +402,6 @@ async def publish(settings: Settings, events: list[Event]) -> float:
     return seconds
 
 
-async def queue_depths(settings: Settings, names: list[str]) -> dict[str, int]:
-    connection = await aio_pika.connect(settings.RABBITMQ_URL, timeout=5)
-    async with connection:
-        depths = {}
-        for name in names:
-            channel = await connection.channel()
-            try:
-                queue = await channel.declare_queue(name, passive=True)
-                depths[name] = queue.declaration_result.message_count or 0
-            except aio_pika.exceptions.ChannelClosed:
-                depths[name] = 0  # not declared
-        return depths
-
-
 async def purge_audit_queue(settings: Settings) -> None:
     connection = await aio_pika.connect(settings.RABBITMQ_URL, timeout=5)
     async with connection:
@@ -515,7 +501,7 @@ class Ingest:
         asyncio.run(purge_audit_queue(settings))
         events = failed_events(n, args.owners, args.users, seed=batch_size)
         publish_seconds = asyncio.run(publish(settings, events))
-        depth = asyncio.run(queue_depths(settings, [AUDIT_QUEUE]))[AUDIT_QUEUE]
+        depth = asyncio.run(rb.queue_depths(settings, [AUDIT_QUEUE]))[AUDIT_QUEUE]
         print(
             f"  published {n} events in {publish_seconds:.1f} s ({n / publish_seconds:.0f}/s, "
             f"confirmed); {depth} waiting in {AUDIT_QUEUE}; starting one replica ...",
@@ -548,7 +534,7 @@ class Ingest:
         steady = steady_rate(samples, n)
         first = next((s for s in samples if s[1] > 0), None)
         check = asyncio.run(self.integrity())
-        queues = asyncio.run(queue_depths(settings, [AUDIT_QUEUE, TOPOLOGY.dlq(broker.AUDIT)]))
+        queues = asyncio.run(rb.queue_depths(settings, [AUDIT_QUEUE, TOPOLOGY.dlq(broker.AUDIT)]))
         chains = verify_chains(self.env, self.workdir)
         cpu["replica"] = cpu.pop("consumers")
         result = {

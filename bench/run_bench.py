@@ -51,11 +51,12 @@ from typing import Any, ClassVar
 
 import aio_pika
 import aiohttp
+import asyncpg
 import pyotp
 from peers import process_tree
 from procstats import PeakRss
 
-from shared import db
+from shared import broker, db
 from shared.broker import Topology
 from shared.cache import create_cache
 from shared.config import Settings
@@ -459,6 +460,45 @@ class CpuMeter:
                 if c >= 0.01
             ]
         return result
+
+
+# The consumers' queues, and the outbox rows the relay has not taken yet: what the system still
+# owes after a run (the storm and the verify scenarios report them).
+EVENT_QUEUES = {
+    "dispatcher": f"{BROKER_PREFIX}{broker.WEBHOOK_DISPATCHER}",
+    "dispatcher_jobs": f"{BROKER_PREFIX}{broker.WEBHOOK_DISPATCHER}.jobs",
+    "audit": f"{BROKER_PREFIX}{broker.AUDIT}",
+    "notifier": f"{BROKER_PREFIX}{broker.NOTIFIER}",
+}
+UNSENT_SQL = "SELECT count(*) FROM outbox WHERE sent_at IS NULL"
+
+
+async def queue_depths(settings: Settings, names: list[str]) -> dict[str, int]:
+    """Messages ready in each queue (0 for a queue not declared)."""
+    connection = await aio_pika.connect(settings.RABBITMQ_URL, timeout=5)
+    async with connection:
+        channel = await connection.channel()
+        depths = {}
+        for name in names:
+            try:
+                queue = await channel.declare_queue(name, passive=True)
+            except aio_pika.exceptions.ChannelClosed:
+                channel = await connection.channel()
+                depths[name] = 0  # not declared yet
+                continue
+            depths[name] = queue.declaration_result.message_count or 0
+        return depths
+
+
+async def event_backlog(settings: Settings) -> dict[str, int]:
+    """Events not yet relayed (outbox) and waiting in each consumer's queue."""
+    conn = await asyncpg.connect(settings.DATABASE_URL)
+    try:
+        found = {"outbox": await conn.fetchval(UNSENT_SQL)}
+    finally:
+        await conn.close()
+    depths = await queue_depths(settings, list(EVENT_QUEUES.values()))
+    return found | {name: depths[queue] for name, queue in EVENT_QUEUES.items()}
 
 
 def quiesce(meter: CpuMeter, limit: float = 120) -> float:
@@ -1012,6 +1052,9 @@ def measure(
     before = meter.snapshot()
     raw, human = run_wrk(scenario, seconds, args.threads, args.timeout, env)
     cpu = meter.usage(before, meter.snapshot(), top=5)
+    # What the run left for later (the CPU above does not include working it off): a backlog
+    # that grows with the run's length means the rate is not one the system can keep up.
+    owed = asyncio.run(event_backlog(settings_of(system.env))) if scenario.target == "api" else None
     peak = rss.stop()
     profile = finish_profile(profiler)
     system.check_alive()
@@ -1025,6 +1068,12 @@ def measure(
         + f"; CPU {cpu_line(cpu, scenario.target)}",
         flush=True,
     )
+    if owed is not None and any(owed.values()):
+        print(
+            "    events owed at the end (not yet relayed / waiting in queues): "
+            + ", ".join(f"{name} {count}" for name, count in owed.items()),
+            flush=True,
+        )
     if summary.get("exhausted_threads"):
         print(
             f"    note: the pairs ran out in {summary['exhausted_threads']} thread(s); the rate "
@@ -1054,6 +1103,8 @@ def measure(
         "wrk": raw,
         "wrk_output": human,
     }
+    if owed is not None:
+        result["events_owed_at_end"] = owed
     if profile:
         result["profile"] = profile
     if scenario.expect is not None:

@@ -36,18 +36,10 @@ import loadgen
 import run_bench as rb
 import webhooks_bench as wb
 
-from shared import broker
 from shared.config import Settings
 
 WEIGHTS = {"verify": 0.80, "login": 0.15, "setup": 0.05}
 EVENTS = ("2fa.verified", "2fa.failed", "user.login")
-QUEUES = {
-    "dispatcher": f"{rb.BROKER_PREFIX}{broker.WEBHOOK_DISPATCHER}",
-    "dispatcher_jobs": f"{rb.BROKER_PREFIX}{broker.WEBHOOK_DISPATCHER}.jobs",
-    "audit": f"{rb.BROKER_PREFIX}{broker.AUDIT}",
-    "notifier": f"{rb.BROKER_PREFIX}{broker.NOTIFIER}",
-}
-UNSENT_SQL = "SELECT count(*) FROM outbox WHERE sent_at IS NULL"
 EVENTS_SQL = "SELECT count(*) FROM outbox WHERE type = ANY($1::text[]) AND created_at >= $2"
 
 
@@ -173,9 +165,7 @@ class Storm:
         conn = await asyncpg.connect(self.settings.DATABASE_URL)
         try:
             while True:
-                left = {"outbox": await conn.fetchval(UNSENT_SQL)}
-                depths = await wb.queue_depths(self.settings, list(QUEUES.values()))
-                left |= {name: depths[queue] for name, queue in QUEUES.items()}
+                left = await rb.event_backlog(self.settings)
                 events = await conn.fetchval(EVENTS_SQL, list(EVENTS), run["began_db"])
                 received = self.receiver.stats()
                 waited = time.monotonic() - run["ended"]
@@ -204,8 +194,8 @@ class Storm:
             channel = await connection.channel()
             while not stop.is_set():
                 found: dict[str, Any] = {"t": time.monotonic()}
-                found["outbox"] = await conn.fetchval(UNSENT_SQL)
-                for name, queue in QUEUES.items():
+                found["outbox"] = await conn.fetchval(rb.UNSENT_SQL)
+                for name, queue in rb.EVENT_QUEUES.items():
                     try:
                         declared = await channel.declare_queue(queue, passive=True)
                         found[name] = declared.declaration_result.message_count or 0

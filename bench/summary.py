@@ -229,6 +229,11 @@ def ratios(parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
             other = find(report, f"{peer}-{code}")
             if api and other and other["connections"] == api["connections"]:
                 found[f"verify_{code}_vs_{peer}"] = ratio(rate(api), rate(other))
+        if api and "events_owed_at_end" in api:
+            found[f"verify_{code}_events_owed"] = {
+                "owed": api["events_owed_at_end"],
+                "requests": api["result"]["requests"],
+            }
     bcrypt = (report.get("bcrypt") or {}).get("checks_per_second")
     found["bcrypt_checks_per_second"] = bcrypt
     logins = [r for r in report.get("scenarios", []) if r["scenario"] == "auth/login"]
@@ -336,6 +341,16 @@ def print_ratios(found: dict[str, Any]) -> None:
             "< 20 ms",
         ),
     ]
+    for code in ("right", "wrong"):
+        if owed := found.get(f"verify_{code}_events_owed"):
+            left = ", ".join(f"{k} {v}" for k, v in owed["owed"].items() if v)
+            lines.append(
+                (
+                    f"verify {code} codes: events owed at the end (of {owed['requests']:,})",
+                    left or "none",
+                    "keeps up",
+                )
+            )
     if "storm_backlog_at_end" in found:
         hooks, most = found["storm_webhooks"], found["storm_backlog_max"]
         backlog = ", ".join(

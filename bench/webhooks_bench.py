@@ -559,22 +559,6 @@ async def publish_failed(settings: Settings, owner_id: uuid.UUID, count: int) ->
     return [str(e.id) for e in events]
 
 
-async def queue_depths(settings: Settings, names: list[str]) -> dict[str, int]:
-    connection = await aio_pika.connect(settings.RABBITMQ_URL, timeout=5)
-    async with connection:
-        channel = await connection.channel()
-        depths = {}
-        for name in names:
-            try:
-                queue = await channel.declare_queue(name, passive=True)
-            except aio_pika.exceptions.ChannelClosed:
-                channel = await connection.channel()
-                depths[name] = 0  # not declared yet
-                continue
-            depths[name] = queue.declaration_result.message_count or 0
-        return depths
-
-
 def dispatcher_queues(settings: Settings) -> list[str]:
     jobs = f"{QUEUE}.jobs"
     return [QUEUE, jobs, broker.delay_queue(jobs, settings.WEBHOOK_DEFER_SECONDS)]
@@ -584,7 +568,7 @@ def wait_queues(settings: Settings, want: dict[str, int], limit: float = 300) ->
     """Wait until each queue holds `want` messages (0: drained; n: at least n)."""
     started = time.monotonic()
     while time.monotonic() - started < limit:
-        depths = asyncio.run(queue_depths(settings, list(want)))
+        depths = asyncio.run(rb.queue_depths(settings, list(want)))
         if all((depths[q] >= n) if n else depths[q] == 0 for q, n in want.items()):
             break
         time.sleep(0.5)
@@ -1022,9 +1006,6 @@ class Bench:
         }
 
 
-OUTBOX_UNSENT_SQL = "SELECT count(*) FROM outbox WHERE sent_at IS NULL"
-
-
 async def watch_backlog(settings: Settings, stop: asyncio.Event) -> list[dict[str, Any]]:
     """Every 0.5 s until `stop`: the outbox rows not taken by the relay yet, and the messages
     waiting in the dispatcher's queue (not counting the up to WEBHOOK_MAX_IN_FLIGHT it holds)."""
@@ -1035,7 +1016,7 @@ async def watch_backlog(settings: Settings, stop: asyncio.Event) -> list[dict[st
         channel = await connection.channel()
         while not stop.is_set():
             t = time.monotonic()
-            unsent = await conn.fetchval(OUTBOX_UNSENT_SQL)
+            unsent = await conn.fetchval(rb.UNSENT_SQL)
             queue = await channel.declare_queue(QUEUE, passive=True)
             waiting = queue.declaration_result.message_count or 0
             samples.append({"t": t, "outbox_unsent": unsent, "dispatcher_queue": waiting})
