@@ -151,25 +151,20 @@ class Publisher:
         self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
         self._opening = asyncio.Lock()
-        self._waiting = 0  # publishes waiting for (or checking) the channel in `_opening`
 
     def _open(self) -> bool:
         return self._exchange is not None and self._channel is not None and not self._channel.is_closed
 
-    async def _exchange_ready(self) -> AbstractExchange:
-        """The exchange on the one channel every publish uses (opened when needed). Publishes
-        pass here in the order they were called, also while the channel is being opened: a
-        batch published at once must not open a channel each, and a later publish must not
-        overtake earlier ones still waiting for the channel."""
-        if not self._open() or self._waiting:
-            self._waiting += 1
-            try:
-                async with self._opening:
-                    if not self._open():
-                        self._channel = await self._connection.channel(publisher_confirms=True)
-                        self._exchange = await declare_topology(self._channel, self._topology)
-            finally:
-                self._waiting -= 1
+    async def ready(self) -> AbstractExchange:
+        """The exchange on the one channel every publish uses, opened first if needed (by one
+        caller; the others wait for it rather than each opening a channel). Publishes started
+        together after this returns leave in the order they were started: the outbox relay
+        calls it before each batch."""
+        if not self._open():
+            async with self._opening:
+                if not self._open():
+                    self._channel = await self._connection.channel(publisher_confirms=True)
+                    self._exchange = await declare_topology(self._channel, self._topology)
         assert self._exchange is not None
         return self._exchange
 
@@ -180,7 +175,7 @@ class Publisher:
         the message's frames to be written first, as aio-pika's `Exchange.publish` does. That
         wait holds the channel's lock for an event-loop turn per message, so a batch of 200
         took 200 turns; under load (a turn ~1.5 ms) the relay fell behind at ~700 events/s."""
-        exchange = await self._exchange_ready()
+        exchange = await self.ready()
         assert self._channel is not None
         message = aio_pika.Message(
             body=body,
@@ -203,4 +198,4 @@ class Publisher:
     async def ping(self) -> None:
         if self._connection.is_closed:
             raise ConnectionError("broker connection is closed")
-        await self._exchange_ready()
+        await self.ready()

@@ -2,10 +2,11 @@
 
 `add(conn, event)` must run inside the caller's transaction, so an event exists exactly when its
 state change was committed. The `Relay` takes unsent rows with `FOR UPDATE SKIP LOCKED` (safe in
-every API replica at once), publishes each with a publisher confirm, then sets `sent_at` in the
-same transaction. If the broker is down the transaction rolls back and the rows wait; if the
-process dies after a confirm but before the commit, the rows are published again: delivery is
-at-least-once and consumers dedupe by event id.
+every API replica at once), publishes each with a publisher confirm, then sets `sent_at` of the
+confirmed ones in the same transaction. If the broker is down the transaction rolls back and the
+rows wait; rows the broker did not confirm in time wait for a later round; if the process dies
+after a confirm but before the commit, the rows are published again: delivery is at-least-once
+and consumers dedupe by event id.
 
 Waking the relay: an API request runs under a `Written` (see `watch`), which counts the events it
 records; when the request has finished (its transactions committed), the API wakes its own relay.
@@ -36,15 +37,13 @@ INSERT_SQL = "INSERT INTO outbox (id, type, body) VALUES ($1, $2, $3)"
 INSERT_MANY_SQL = (
     "INSERT INTO outbox (id, type, body) SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[])"
 )
-# Claims and marks a batch in one statement; the mark only sticks if the transaction commits,
-# which it does after the broker has confirmed every row.
+# A batch is locked while it is published, and only the rows the broker confirmed are marked
+# sent, in the same transaction: the others stay for the next round.
 CLAIM_SQL = """
-UPDATE outbox SET sent_at = now()
-WHERE seq IN (
-    SELECT seq FROM outbox WHERE sent_at IS NULL ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED
-)
-RETURNING seq, id, type, body, created_at
+SELECT seq, id, type, body, created_at FROM outbox
+WHERE sent_at IS NULL ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED
 """
+MARK_SENT_SQL = "UPDATE outbox SET sent_at = now() WHERE seq = ANY($1::bigint[])"
 PURGE_SQL = "DELETE FROM outbox WHERE sent_at < now() - make_interval(secs => $1)"
 # Delivered when the writer's transaction commits, to every relay listening.
 NOTIFY_SQL = "SELECT pg_notify('outbox', '')"
@@ -186,13 +185,18 @@ class Relay:
         self._wake.set()
 
     async def relay_once(self) -> int:
-        """Publish one batch; returns how many rows were sent (0 when none were waiting)."""
+        """Publish one batch; returns how many rows it took (0 when none were waiting). Rows
+        whose publish failed (not confirmed in time, say, when the broker is slow) stay unsent
+        and go in a later round. It raises (and the relay backs off) only when none was
+        confirmed and not every failure was a timeout: a slow broker is paced by the timeout
+        itself, and backing off from it would only let the backlog grow."""
         async with self._pool.acquire() as conn, conn.transaction():
             # Batches in flight at once claim and start publishing one after the other, so that
             # their messages go out in the order of the rows; only waiting for the confirms and
             # committing overlap.
             async with self._claiming:
-                rows = sorted(await conn.fetch(CLAIM_SQL, self._batch), key=lambda r: r["seq"])
+                await self._publisher.ready()
+                rows = await conn.fetch(CLAIM_SQL, self._batch)
                 if not rows:
                     metrics.OUTBOX_LAG.set(0)
                     return 0
@@ -202,13 +206,26 @@ class Relay:
                 ]
                 await asyncio.sleep(0)  # each has taken its place on the channel
             try:
-                await asyncio.gather(*sending)
+                outcomes = await asyncio.gather(*sending, return_exceptions=True)
             finally:
                 for task in sending:
-                    task.cancel()  # after a failure, the rest need not wait for their confirms
-        self.published += len(rows)
+                    task.cancel()  # cancelled ourselves (shutdown): they need not wait on
+            sent = [row for row, outcome in zip(rows, outcomes, strict=True) if outcome is None]
+            failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+            # None confirmed and the broker refused or failed (not merely slow): back off.
+            if failures and not sent and not all(isinstance(f, TimeoutError) for f in failures):
+                raise failures[0]
+            await conn.execute(MARK_SENT_SQL, [row["seq"] for row in sent])
+        if failures:
+            log.warning(
+                "outbox: some events were not confirmed; they go again in a later round",
+                unconfirmed=len(failures),
+                confirmed=len(sent),
+                error=repr(failures[0]),
+            )
+        self.published += len(sent)
         metrics.OUTBOX_LAG.set(max((time.time() - rows[0]["created_at"].timestamp()), 0.0))
-        for row in rows:
+        for row in sent:
             metrics.EVENTS_PUBLISHED.labels(row["type"]).inc()
         return len(rows)
 

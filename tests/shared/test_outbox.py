@@ -193,3 +193,51 @@ async def test_batches_in_flight_at_once_still_publish_in_order(settings):
         await watcher.wait_for(lambda evs: sum(e.ownerId == owner for e in evs) >= 600, timeout=20)
     received = [e.id for e in watcher.events if e.ownerId == owner]
     assert received == [e.id for e in events]
+
+
+class FlakyPublisher:
+    """The real publisher, except that the events named in `refuse` time out once each."""
+
+    def __init__(self, publisher: broker.Publisher, refuse: set[str]) -> None:
+        self.publisher, self.refuse = publisher, refuse
+
+    async def ready(self) -> object:
+        return await self.publisher.ready()
+
+    async def publish(self, event_id: str, routing_key: str, body: bytes) -> None:
+        if event_id in self.refuse:
+            self.refuse.discard(event_id)
+            raise TimeoutError("no confirm in time")
+        await self.publisher.publish(event_id, routing_key, body)
+
+
+async def test_events_the_broker_did_not_confirm_go_again_and_only_they(settings):
+    """A slow broker leaves a few publishes of a batch unconfirmed: the confirmed ones are marked
+    sent (not published again with the rest), the others go in the next round."""
+    owner = uuid.uuid4()
+    events = [_event(owner) for _ in range(20)]
+    refused = {str(events[i].id) for i in (3, 11)}
+    conn = await asyncpg.connect(settings.DATABASE_URL)
+    try:
+        async with conn.transaction():
+            await outbox.add_many(conn, events)
+        async with (
+            watch_events(settings, pattern="webhook.deactivated") as watcher,
+            broker.connect(settings, "test") as connection,
+            db.create_pool(settings, size=2) as pool,
+        ):
+            real = broker.Publisher(connection, broker.Topology(settings.BROKER_PREFIX))
+            relay = Relay(pool, FlakyPublisher(real, set(refused)), batch_size=500, pipeline=1)  # type: ignore[arg-type]
+            await relay.relay_once()
+            unsent = await conn.fetch(
+                "SELECT id FROM outbox WHERE sent_at IS NULL AND id = ANY($1::uuid[])", [e.id for e in events]
+            )
+            assert {str(r["id"]) for r in unsent} == refused
+            await relay.relay_all()
+            await watcher.wait_for(lambda evs: sum(e.ownerId == owner for e in evs) >= 20, timeout=10)
+            await asyncio.sleep(0.3)  # nothing more arrives
+    finally:
+        await conn.close()
+    received = [str(e.id) for e in watcher.events if e.ownerId == owner]
+    assert sorted(received) == sorted(str(e.id) for e in events)  # each exactly once
+    assert set(received[-2:]) == refused
