@@ -257,8 +257,9 @@ async def cleanup_resources(settings: Settings) -> None:
         connection = await aio_pika.connect(settings.RABBITMQ_URL, timeout=5)
         async with connection:
             channel = await connection.channel()
-            delays = [*settings.WEBHOOK_RETRY_DELAYS, settings.WEBHOOK_DEFER_SECONDS]
-            for name in topology.all_queues(delays):
+            # The dispatcher's delays and the other consumers' (audit, notifier).
+            delays = {*settings.WEBHOOK_RETRY_DELAYS, settings.WEBHOOK_DEFER_SECONDS, *settings.CONSUMER_RETRY_DELAYS}
+            for name in topology.all_queues(sorted(delays)):
                 await channel.queue_delete(name)
             await channel.exchange_delete(topology.exchange)
 
