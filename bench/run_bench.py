@@ -502,6 +502,13 @@ async def event_backlog(settings: Settings) -> dict[str, int]:
     return found | {name: depths[queue] for name, queue in EVENT_QUEUES.items()}
 
 
+def backlog_of(system: System, scenario: Scenario) -> dict[str, int] | None:
+    """`event_backlog` now, for a scenario of the API (None for a peer's)."""
+    if scenario.target != "api":
+        return None
+    return asyncio.run(event_backlog(settings_of(system.env)))
+
+
 def quiesce(meter: CpuMeter, limit: float = 120) -> float:
     """Wait until the API and consumers are idle again (abandoned logins still hash after wrk
     disconnects; events are still being consumed). Returns the seconds waited."""
@@ -1050,12 +1057,13 @@ def measure(
     print(f"  {label}: measuring {seconds} s ...", flush=True)
     profiler = start_profile(args, system, scenario, seconds)
     rss = PeakRss(system.trees() if services is None else services).start()
+    owed_before = backlog_of(system, scenario)
     before = meter.snapshot()
     raw, human = run_wrk(scenario, seconds, args.threads, args.timeout, env)
     cpu = meter.usage(before, meter.snapshot(), top=5)
     # What the run left for later (the CPU above does not include working it off): a backlog
     # that grows with the run's length means the rate is not one the system can keep up.
-    owed = asyncio.run(event_backlog(settings_of(system.env))) if scenario.target == "api" else None
+    owed = backlog_of(system, scenario)
     peak = rss.stop()
     profile = finish_profile(profiler)
     system.check_alive()
@@ -1069,10 +1077,10 @@ def measure(
         + f"; CPU {cpu_line(cpu, scenario.target)}",
         flush=True,
     )
-    if owed is not None and any(owed.values()):
+    if owed is not None and owed_before is not None and any((*owed.values(), *owed_before.values())):
         print(
-            "    events owed at the end (not yet relayed / waiting in queues): "
-            + ", ".join(f"{name} {count}" for name, count in owed.items()),
+            "    events owed (not yet relayed / waiting in queues) at the start -> at the end: "
+            + ", ".join(f"{name} {owed_before[name]} -> {count}" for name, count in owed.items()),
             flush=True,
         )
     if summary.get("exhausted_threads"):
@@ -1105,6 +1113,7 @@ def measure(
         "wrk_output": human,
     }
     if owed is not None:
+        result["events_owed_at_start"] = owed_before
         result["events_owed_at_end"] = owed
     if profile:
         result["profile"] = profile

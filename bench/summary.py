@@ -232,6 +232,7 @@ def ratios(parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
         if api and "events_owed_at_end" in api:
             found[f"verify_{code}_events_owed"] = {
                 "owed": api["events_owed_at_end"],
+                "at_start": api.get("events_owed_at_start") or {},
                 "requests": api["result"]["requests"],
             }
     bcrypt = (report.get("bcrypt") or {}).get("checks_per_second")
@@ -343,7 +344,12 @@ def print_ratios(found: dict[str, Any]) -> None:
     ]
     for code in ("right", "wrong"):
         if owed := found.get(f"verify_{code}_events_owed"):
-            left = ", ".join(f"{k} {v}" for k, v in owed["owed"].items() if v)
+            start = owed["at_start"]
+            left = ", ".join(
+                f"{k} {v}" + (f" (start {start[k]})" if start.get(k) else "")
+                for k, v in owed["owed"].items()
+                if v or start.get(k)
+            )
             lines.append(
                 (
                     f"verify {code} codes: events owed at the end (of {owed['requests']:,})",
