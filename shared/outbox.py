@@ -103,16 +103,6 @@ def _add_if_sql(change_sql: str, n: int) -> str:
     )
 
 
-async def add_many(conn: Queries, events: list[Event]) -> None:
-    if not events:
-        return
-    if len(events) == 1:  # the usual case; a plain execute costs less than executemany
-        await add(conn, events[0])
-        return
-    await conn.executemany(INSERT_SQL, [(e.id, e.type.value, e.to_bytes()) for e in events])
-    await _recorded(conn, len(events))
-
-
 class Appender:
     """Records events that belong to no transaction of the caller's (a wrong code's
     `2fa.failed`): the events of all callers waiting meanwhile go into one statement, committed

@@ -178,7 +178,8 @@ async def test_batches_in_flight_at_once_still_publish_in_order(settings):
     conn = await asyncpg.connect(settings.DATABASE_URL)
     try:
         async with conn.transaction():
-            await outbox.add_many(conn, events)
+            for event in events:
+                await outbox.add(conn, event)
     finally:
         await conn.close()
     async with (
@@ -220,7 +221,8 @@ async def test_events_the_broker_did_not_confirm_go_again_and_only_they(settings
     conn = await asyncpg.connect(settings.DATABASE_URL)
     try:
         async with conn.transaction():
-            await outbox.add_many(conn, events)
+            for event in events:
+                await outbox.add(conn, event)
         async with (
             watch_events(settings, pattern="webhook.deactivated") as watcher,
             broker.connect(settings, "test") as connection,
