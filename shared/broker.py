@@ -11,7 +11,6 @@ before a consumer first starts wait in its queue instead of being dropped.
 from __future__ import annotations
 
 import asyncio
-
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass

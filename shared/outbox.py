@@ -174,12 +174,13 @@ class Relay:
     def wake(self, *_: object) -> None:
         self._wake.set()
 
-    async def relay_once(self) -> int:
+    async def relay_once(self, claimed: asyncio.Future[int] | None = None) -> int:
         """Publish one batch; returns how many rows it took (0 when none were waiting). Rows
         whose publish failed (not confirmed in time, say, when the broker is slow) stay unsent
         and go in a later round. It raises (and the relay backs off) only when none was
         confirmed and not every failure was a timeout: a slow broker is paced by the timeout
-        itself, and backing off from it would only let the backlog grow."""
+        itself, and backing off from it would only let the backlog grow. `claimed` is given
+        the number of rows taken as soon as they are, before they are published."""
         async with self._pool.acquire() as conn, conn.transaction():
             # Batches in flight at once claim and start publishing one after the other, so that
             # their messages go out in the order of the rows; only waiting for the confirms and
@@ -187,6 +188,8 @@ class Relay:
             async with self._claiming:
                 await self._publisher.ready()
                 rows = await conn.fetch(CLAIM_SQL, self._batch)
+                if claimed is not None:
+                    claimed.set_result(len(rows))
                 if not rows:
                     metrics.OUTBOX_LAG.set(0)
                     return 0
@@ -205,7 +208,8 @@ class Relay:
             # None confirmed and the broker refused or failed (not merely slow): back off.
             if failures and not sent and not all(isinstance(f, TimeoutError) for f in failures):
                 raise failures[0]
-            await conn.execute(MARK_SENT_SQL, [row["seq"] for row in sent])
+            if sent:
+                await conn.execute(MARK_SENT_SQL, [row["seq"] for row in sent])
         if failures:
             log.warning(
                 "outbox: some events were not confirmed; they go again in a later round",
@@ -223,17 +227,26 @@ class Relay:
         """Relay until a batch comes back short, with up to `pipeline` batches in flight: each
         waits about a broker round trip (more under load) for its confirms, and meanwhile the
         next is claimed and published (SKIP LOCKED keeps them apart; the channel keeps their
-        order). One at a time, a busy API fell behind at ~700 events/s."""
+        order). One at a time, a busy API fell behind at ~700 events/s. The next batch is only
+        started once the last one claimed a full batch, so a wake-up for a few rows costs one
+        claim, not `pipeline`."""
         running: set[asyncio.Task[int]] = set()
-        short = False
         try:
-            while running or not short:
-                while not short and len(running) < self._pipeline:
-                    running.add(asyncio.create_task(self.relay_once()))
-                done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    if task.result() < self._batch:  # raises what relay_once raised
-                        short = True
+            while True:
+                while len(running) >= self._pipeline:
+                    done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        task.result()  # raises what relay_once raised
+                claimed: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+                task = asyncio.create_task(self.relay_once(claimed))
+                running.add(task)
+                await asyncio.wait({claimed, task}, return_when=asyncio.FIRST_COMPLETED)
+                if not claimed.done():
+                    task.result()  # it failed before claiming: raise that
+                if claimed.result() < self._batch:
+                    break
+            for task in asyncio.as_completed(list(running)):
+                await task
         finally:
             for task in running:
                 task.cancel()
